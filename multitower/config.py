@@ -1,0 +1,219 @@
+"""The one configuration file: data, model and training settings, loaded strictly from YAML.
+
+Every stage reads its own part of the same `Config`. Loading validates once: an unknown key, a
+wrong type or a missing field raises `ConfigError` whose message names the file and the key
+(`examples/impressions.yaml: model.mmoe.num_experts: ...`). Relative paths in the file are
+resolved against the file's own directory, so a config and its data can move together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+Units = Annotated[list[PositiveInt], Field(min_length=1)]
+
+
+class ConfigError(ValueError):
+    """A configuration file is unreadable or invalid; the message names the file and the key."""
+
+
+class _Strict(BaseModel):
+    # strict: no silent coercion ("4" is not an int, 4.0 is not an int); forbid: unknown keys fail.
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class CategoricalFeature(_Strict):
+    """A categorical column, hashed into `hash_buckets` rows and embedded in `embedding_dim`."""
+
+    name: str
+    type: Literal["categorical"]
+    dtype: Literal["string", "int64"] = "string"
+    hash_buckets: PositiveInt
+    embedding_dim: PositiveInt
+
+
+class NumericFeature(_Strict):
+    """A numeric column, standardized in the model with constants from the first trained day."""
+
+    name: str
+    type: Literal["numeric"]
+    dtype: Literal["float32", "int64"] = "float32"
+
+
+Feature = Annotated[CategoricalFeature | NumericFeature, Field(discriminator="type")]
+
+
+class Task(_Strict):
+    """One objective: a binary label (probability output) or a regression target."""
+
+    name: str
+    type: Literal["binary", "regression"]
+    label: str | None = None  # the log column holding the label; defaults to the task name
+    loss_weight: NonNegativeFloat = 1.0
+
+    @property
+    def label_column(self) -> str:
+        return self.label or self.name
+
+
+class DataConfig(_Strict):
+    """Where a day's logs are, what they hold, and where the preprocessed day goes."""
+
+    logs: str  # a directory or glob with a `{date}` placeholder, e.g. logs/dt={date}
+    format: Literal["jsonl"] = "jsonl"
+    tfrecords: str
+    rejected: str
+    num_shards: PositiveInt = 4
+    features: Annotated[list[Feature], Field(min_length=1)]
+    tasks: Annotated[list[Task], Field(min_length=1)]
+
+    @field_validator("logs")
+    @classmethod
+    def _has_date(cls, value: str) -> str:
+        if "{date}" not in value:
+            raise ValueError(f"must contain the '{{date}}' placeholder, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_columns(self) -> DataConfig:
+        seen: dict[str, str] = {}
+        for owner, column in [(f"feature {f.name!r}", f.name) for f in self.features] + [
+            (f"label of task {t.name!r}", t.label_column) for t in self.tasks
+        ]:
+            if column in seen:
+                raise ValueError(f"column {column!r} is used twice: by {seen[column]} and {owner}")
+            seen[column] = owner
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"task names must be unique, got {names}")
+        return self
+
+    @property
+    def categorical(self) -> list[CategoricalFeature]:
+        return [f for f in self.features if isinstance(f, CategoricalFeature)]
+
+    @property
+    def numeric(self) -> list[NumericFeature]:
+        return [f for f in self.features if isinstance(f, NumericFeature)]
+
+    def logs_for(self, date: str) -> str:
+        return self.logs.replace("{date}", date)
+
+    def schema_fingerprint(self) -> str:
+        """A hash of what the TFRecords hold (columns, kinds, dtypes), not of model sizes."""
+        schema = {
+            "features": [[f.name, f.type, f.dtype] for f in self.features],
+            "tasks": [[t.name, t.type, t.label_column] for t in self.tasks],
+        }
+        return hashlib.sha256(json.dumps(schema, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class MMoEConfig(_Strict):
+    """Multi-gate mixture of experts (Ma et al. 2018): shared experts, one softmax gate per task."""
+
+    num_experts: PositiveInt = 4
+    expert_units: Units = [64]
+
+
+class ModelConfig(_Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]  # the export folder's name
+    backbone: Literal["mmoe"] = "mmoe"
+    mmoe: MMoEConfig = MMoEConfig()
+    tower_units: Units = [32]
+
+
+class TrainConfig(_Strict):
+    batch_size: PositiveInt = 512  # global batch, split over every replica
+    optimizer: Literal["adam", "adagrad", "sgd"] = "adam"
+    learning_rate: PositiveFloat = 0.001
+    shuffle_buffer: Annotated[int, Field(ge=0)] = 10_000
+    seed: int = 0
+    model_dir: str
+    export_dir: str
+
+
+class Config(_Strict):
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+    source: str | None = Field(default=None, exclude=True)  # the file it was loaded from
+
+    def to_yaml(self) -> str:
+        """The resolved config (paths absolute), as written next to the checkpoints."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+_PATH_KEYS = (("data", "logs"), ("data", "tfrecords"), ("data", "rejected"),
+              ("train", "model_dir"), ("train", "export_dir"))
+
+
+def _resolve(path: str, base: Path) -> str:
+    if "://" in path or os.path.isabs(path):
+        return path
+    return str((base / path).resolve())
+
+
+def _key(loc: tuple[Any, ...], raw: Any) -> str:
+    """Turns a pydantic error location into `data.features[2].hash_buckets`."""
+    parts: list[str] = []
+    node = raw
+    for item in loc:
+        if isinstance(item, int):
+            parts[-1] += f"[{item}]"
+            node = node[item] if isinstance(node, list) and item < len(node) else None
+            continue
+        if isinstance(node, dict) and "type" in node and item == node["type"]:
+            continue  # the discriminated-union tag pydantic adds to the path
+        parts.append(str(item))
+        node = node.get(item) if isinstance(node, dict) else None
+    return ".".join(parts) or "<top level>"
+
+
+def parse_config(raw: Any, source: str = "<config>") -> Config:
+    """Validates an already-parsed YAML document; errors name `source` and the key."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping, got {type(raw).__name__}")
+    try:
+        return Config.model_validate({**raw, "source": source})
+    except ValidationError as err:
+        lines = []
+        for e in err.errors():
+            msg = e["msg"]
+            if e["type"] == "extra_forbidden":
+                msg = "unknown key"
+            elif e["type"] == "missing":
+                msg = "missing required key"
+            elif "input" in e and e["type"] not in ("value_error",):
+                msg = f"{msg} (got {e['input']!r})"
+            lines.append(f"{source}: {_key(e['loc'], raw)}: {msg}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Reads, validates and resolves a YAML config file."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the config file: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    config = parse_config(raw, str(path))
+    base = path.resolve().parent
+    updates: dict[str, dict[str, str]] = {}
+    for section, key in _PATH_KEYS:
+        value = getattr(getattr(config, section), key)
+        updates.setdefault(section, {})[key] = _resolve(value, base)
+    return config.model_copy(
+        update={s: getattr(config, s).model_copy(update=u) for s, u in updates.items()}
+    )
