@@ -96,6 +96,9 @@ class DataConfig(_Strict):
         names = [t.name for t in self.tasks]
         if len(set(names)) != len(names):
             raise ValueError(f"task names must be unique, got {names}")
+        clash = set(names) & {f.name for f in self.features}
+        if clash:  # tasks name the model's output layers, features its input layers
+            raise ValueError(f"a task and a feature may not share a name: {sorted(clash)}")
         return self
 
     @property

@@ -42,7 +42,8 @@ def encode_example(row: dict[str, Any], data: DataConfig) -> bytes:
     for f in data.features:
         value = row[f.name]
         if f.dtype == "string":
-            feature[f.name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[value.encode()]))
+            encoded = [value.encode()]
+            feature[f.name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=encoded))
         elif f.dtype == "int64":
             feature[f.name] = tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
         else:

@@ -1,0 +1,165 @@
+"""The `multitower` command: generate, preprocess, train, predict, demo.
+
+Commands print progress on stderr and a short summary at the end; errors say what was wrong
+and how to fix it, and exit non-zero (1: the work failed, 2: the command line was wrong).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+
+import click
+
+import multitower
+from multitower.config import ConfigError, load_config
+
+log = logging.getLogger("multitower")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr,
+        format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
+    )
+    quiet = logging.INFO if verbose else logging.WARNING
+    for name in ("apache_beam", "tensorflow", "absl", "root"):
+        logging.getLogger(name).setLevel(quiet)
+
+
+def _friendly_errors(fn):
+    """Turns the project's expected errors into one clear line and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from pipeline.manifest import ManifestMissingError
+        from serving.predict import PredictError
+        from trainer.train import TrainingError
+
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, ManifestMissingError, TrainingError, PredictError,
+                FileNotFoundError, FileExistsError) as err:
+            raise click.ClickException(str(err)) from None
+
+    return wrapper
+
+
+config_option = click.option(
+    "--config", "config_path", required=True, type=click.Path(dir_okay=False),
+    help="The project's YAML config.",
+)
+date_option = click.option("--date", required=True, help="The day, YYYY-MM-DD.")
+
+
+@click.group()
+@click.version_option(multitower.__version__)
+@click.option("-v", "--verbose", is_flag=True, help="Also show Beam's and TensorFlow's logs.")
+def main(verbose: bool) -> None:
+    """Multi-task recommendation training, from event logs to TF Serving."""
+    _setup_logging(verbose)
+
+
+@main.command()
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Logs root folder.")
+@click.option("--start-date", default="2026-01-01", show_default=True)
+@click.option("--days", default=3, show_default=True, type=click.IntRange(min=1))
+@click.option("--rows-per-day", default=60_000, show_default=True, type=click.IntRange(min=1))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--task-correlation", default=0.8, show_default=True,
+              type=click.FloatRange(0.0, 1.0), help="How much conversion shares click's signal.")
+def generate(out, start_date, days, rows_per_day, seed, task_correlation) -> None:
+    """Write synthetic impression logs: OUT/dt=YYYY-MM-DD/*.jsonl.gz."""
+    from pipeline.generate import generate_logs
+
+    paths = generate_logs(out, start_date, days, rows_per_day, seed=seed,
+                          task_correlation=task_correlation)
+    click.echo(f"wrote {len(paths)} files, {days} day(s) x {rows_per_day} rows, under {out}")
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@config_option
+@date_option
+@click.argument("beam_args", nargs=-1, type=click.UNPROCESSED)
+@_friendly_errors
+def preprocess(config_path, date, beam_args) -> None:
+    """Turn one day of logs into TFRecords (Beam); extra arguments go to Beam, e.g.
+    --runner=FlinkRunner or --direct_num_workers=2."""
+    from pipeline.preprocess import run_preprocess
+
+    manifest = run_preprocess(load_config(config_path), date, list(beam_args))
+    rows = manifest["rows"]
+    click.echo(
+        f"{date}: read {rows['read']}, written {rows['written']}, rejected {rows['rejected']}"
+    )
+
+
+@main.command()
+@config_option
+@date_option
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Start this many trainer processes on localhost (ignored if TF_CONFIG is set).")
+@_friendly_errors
+def train(config_path, date, workers) -> None:
+    """Train one day from the latest checkpoint and export the next version."""
+    import os
+
+    config = load_config(config_path)  # fail on a bad config before starting any worker
+    if workers > 1 and not os.environ.get("TF_CONFIG"):
+        from trainer.launch import run_local_workers
+
+        argv = ["-m", "multitower.cli", "train", "--config", config_path, "--date", date]
+        status = run_local_workers(argv, workers)
+        if status:
+            raise click.ClickException(f"a trainer worker failed with exit code {status}")
+        return
+    from trainer.train import train_day
+
+    result = train_day(config, date)
+    if result.export_path:
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items() if "loss" not in k)
+        click.echo(f"{date}: global step {result.global_step}, exported {result.export_path}"
+                   f" ({shown})")
+
+
+@main.command()
+@click.option("--model", "model_base", required=True, type=click.Path(file_okay=False),
+              help="<export_dir>/<model name>; its newest version is used.")
+@click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False),
+              help="Raw rows as JSON lines (.jsonl or .jsonl.gz).")
+@click.option("--output", type=click.File("w"), default="-",
+              help="Where to write (default stdout).")
+@_friendly_errors
+def predict(model_base, input_path, output) -> None:
+    """Score raw rows with the newest exported version: one JSON object per row."""
+    from serving.predict import Predictor, read_rows
+
+    predictor = Predictor(model_base)
+    rows = ((f"{input_path}:{n}", row) for n, row in read_rows(input_path))
+    count = 0
+    for scores in predictor.predict(rows):
+        for i in range(len(next(iter(scores.values())))):
+            output.write(json.dumps({k: round(float(v[i]), 6) for k, v in scores.items()}) + "\n")
+            count += 1
+    click.echo(f"scored {count} rows with version {predictor.version} ({predictor.path})",
+               err=True)
+
+
+@main.command()
+@click.option("--workdir", default="demo-work", show_default=True, type=click.Path(file_okay=False))
+@click.option("--rows-per-day", default=60_000, show_default=True, type=click.IntRange(min=1000))
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1),
+              help="Trainer processes on localhost (MultiWorkerMirroredStrategy when > 1).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@_friendly_errors
+def demo(workdir, rows_per_day, workers, seed) -> None:
+    """Run everything on generated logs: generate 3 days, preprocess, train days 1-2, predict 3."""
+    from multitower.demo import run_demo
+
+    run_demo(workdir, rows_per_day=rows_per_day, workers=workers, seed=seed)
+
+
+if __name__ == "__main__":
+    main()

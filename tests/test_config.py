@@ -1,0 +1,114 @@
+"""Config loading: strict keys and types, errors that name the file and the key."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from multitower.config import ConfigError, load_config, parse_config
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "impressions.yaml"
+
+
+@pytest.fixture
+def raw() -> dict:
+    return yaml.safe_load(EXAMPLE.read_text())
+
+
+def _error(raw: dict, tmp_path: Path) -> str:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    return str(err.value)
+
+
+def test_example_loads_and_resolves_paths_against_its_folder():
+    config = load_config(EXAMPLE)
+    assert config.model.backbone == "mmoe"
+    assert [t.name for t in config.data.tasks] == ["click", "conversion", "watch_time"]
+    assert config.data.logs_for("2026-01-02") == str(
+        EXAMPLE.parent / "work" / "logs" / "dt=2026-01-02"
+    )
+    assert config.train.model_dir == str(EXAMPLE.parent / "work" / "model")
+    hour = next(f for f in config.data.features if f.name == "hour")
+    assert (hour.type, hour.dtype) == ("categorical", "int64")
+
+
+def test_unknown_key_is_named(raw, tmp_path):
+    raw["data"]["features"][3]["hash_bucket"] = 10
+    msg = _error(raw, tmp_path)
+    assert "bad.yaml: data.features[3].hash_bucket: unknown key" in msg
+
+
+def test_wrong_type_is_named(raw, tmp_path):
+    raw["model"]["mmoe"]["num_experts"] = "four"
+    msg = _error(raw, tmp_path)
+    assert "bad.yaml: model.mmoe.num_experts:" in msg and "'four'" in msg
+
+
+def test_float_is_not_an_int(raw, tmp_path):
+    raw["train"]["batch_size"] = 512.0
+    assert "train.batch_size:" in _error(raw, tmp_path)
+
+
+def test_missing_field_is_named(raw, tmp_path):
+    del raw["train"]["export_dir"]
+    assert "bad.yaml: train.export_dir: missing required key" in _error(raw, tmp_path)
+
+
+def test_several_errors_are_all_reported(raw, tmp_path):
+    del raw["data"]["tasks"][0]["type"]
+    raw["train"]["learning_rate"] = -1
+    msg = _error(raw, tmp_path)
+    assert "data.tasks[0].type: missing required key" in msg
+    assert "train.learning_rate:" in msg
+
+
+def test_unknown_feature_type_and_backbone(raw, tmp_path):
+    raw["data"]["features"][0]["type"] = "text"
+    raw["model"]["backbone"] = "transformer"
+    msg = _error(raw, tmp_path)
+    assert "data.features[0]" in msg and "model.backbone" in msg
+
+
+def test_logs_need_a_date_placeholder(raw, tmp_path):
+    raw["data"]["logs"] = "logs/today"
+    assert "data.logs:" in _error(raw, tmp_path) and "{date}" in _error(raw, tmp_path)
+
+
+def test_duplicate_columns_are_refused(raw):
+    raw["data"]["tasks"][0]["label"] = "user_id"
+    with pytest.raises(ConfigError, match="column 'user_id' is used twice"):
+        parse_config(raw, "x.yaml")
+
+
+def test_task_and_feature_names_may_not_clash(raw):
+    raw["data"]["tasks"][0]["name"] = "device"
+    raw["data"]["tasks"][0]["label"] = "click"
+    with pytest.raises(ConfigError, match="share a name"):
+        parse_config(raw, "x.yaml")
+
+
+def test_unreadable_and_invalid_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "absent.yaml")
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("data: [unclosed")
+    with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
+        load_config(bad)
+
+
+def test_schema_fingerprint_follows_the_data_not_model_sizes(raw):
+    base = parse_config(raw).data.schema_fingerprint()
+    raw["data"]["features"][0]["embedding_dim"] = 99
+    assert parse_config(raw).data.schema_fingerprint() == base
+    raw["data"]["features"][-1]["dtype"] = "int64"
+    assert parse_config(raw).data.schema_fingerprint() != base
+
+
+def test_resolved_config_round_trips(tmp_path):
+    config = load_config(EXAMPLE)
+    path = tmp_path / "resolved.yaml"
+    path.write_text(config.to_yaml())
+    assert load_config(path) == config.model_copy(update={"source": str(path)})

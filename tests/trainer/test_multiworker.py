@@ -1,0 +1,95 @@
+"""Two trainer processes on localhost under MultiWorkerMirroredStrategy, two days in a row, and
+the exported SavedModel scored in a fresh process."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.trainer.conftest import BATCH, DAYS, config_in
+from trainer.launch import run_local_workers
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+WORKER = str(Path(__file__).with_name("worker_main.py"))
+REPO = str(Path(__file__).resolve().parents[2])
+
+
+def _train(config_path: Path, date: str, out: Path, rows: Path | None = None) -> list[dict]:
+    out.mkdir()
+    argv = [WORKER, str(config_path), date, str(out)] + ([str(rows)] if rows else [])
+    status = run_local_workers(argv, 2, extra_env={"PYTHONPATH": REPO}, echo_workers=True)
+    assert status == 0, f"a worker failed with exit code {status}"
+    return [dict(np.load(out / f"worker-{i}.npz")) for i in range(2)]
+
+
+@pytest.fixture(scope="module")
+def two_days(small_project, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("multiworker")
+    config_path = config_in(small_project, folder)
+    rows = folder / "rows.jsonl"
+    import gzip
+
+    day3 = sorted((Path(small_project["root"]) / "work" / "logs" / f"dt={DAYS[2]}").glob("*.gz"))
+    with gzip.open(day3[0], "rt") as f, rows.open("w") as out:
+        for _, line in zip(range(200), f, strict=False):
+            out.write(line)
+    day1 = _train(config_path, DAYS[0], folder / "day1")
+    day2 = _train(config_path, DAYS[1], folder / "day2", rows)
+    return {"folder": folder, "config_path": config_path, "rows": rows, "day1": day1,
+            "day2": day2, "manifests": small_project["manifests"]}
+
+
+def _weights(dump: dict) -> list[np.ndarray]:
+    return [dump[f"w{i}"] for i in range(sum(k.startswith("w") for k in dump))]
+
+
+def test_both_workers_end_with_identical_weights(two_days):
+    for day in ("day1", "day2"):
+        a, b = (_weights(d) for d in two_days[day])
+        assert int(two_days[day][0]["num_replicas"]) == 2  # really one cluster of two
+        assert len(a) == len(b) > 0
+        for wa, wb in zip(a, b, strict=True):
+            np.testing.assert_array_equal(wa, wb)
+
+
+def test_second_day_continues_from_first_days_step(two_days):
+    steps = [m["rows"]["written"] // BATCH for m in two_days["manifests"][:2]]
+    assert int(two_days["day1"][0]["global_step"]) == steps[0]
+    assert int(two_days["day2"][0]["global_step"]) == steps[0] + steps[1]
+    # and from its weights: day 2 started where day 1 ended, not from a fresh init
+    changed = [np.abs(a - b).max() for a, b in
+               zip(_weights(two_days["day1"][0]), _weights(two_days["day2"][0]), strict=True)]
+    assert max(changed) > 0
+    state = json.loads((two_days["folder"] / "model" / "state.json").read_text())
+    assert [d["date"] for d in state["days"]] == DAYS[:2]
+    assert [d["version"] for d in state["days"]] == [1, 2]
+    assert state["global_step"] == steps[0] + steps[1]
+
+
+def test_only_the_chief_writes_exports_and_checkpoints(two_days):
+    export = two_days["folder"] / "export" / "impressions"
+    assert sorted(os.listdir(export)) == ["1", "2"]
+    assert (export / "2" / "saved_model.pb").exists()
+    ckpts = sorted(p.name for p in (two_days["folder"] / "model" / "checkpoints").iterdir())
+    assert "checkpoint" in ckpts and any(n.startswith("ckpt-") for n in ckpts)
+
+
+def test_export_loaded_fresh_reproduces_the_trained_model(two_days):
+    out = subprocess.run(
+        [sys.executable, "-m", "multitower.cli", "predict",
+         "--model", str(two_days["folder"] / "export" / "impressions"),
+         "--input", str(two_days["rows"])],
+        capture_output=True, text=True, check=True, cwd=REPO,
+    )
+    predictions = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(predictions) == 200
+    assert "version 2" in out.stderr
+    for task in ("click", "conversion", "watch_time"):
+        served = np.array([p[task] for p in predictions])
+        np.testing.assert_allclose(served, two_days["day2"][0][f"pred_{task}"], atol=1e-5)
+    click = np.array([p["click"] for p in predictions])
+    assert np.all((click > 0) & (click < 1))

@@ -1,0 +1,45 @@
+"""One trainer worker for the multi-process tests: `train_day`, then dump what it ended with.
+
+Usage: python worker_main.py CONFIG DATE OUT_DIR [ROWS_JSONL]
+Writes OUT_DIR/worker-<index>.npz with the model's weights and global step, and, given raw rows,
+the trained in-memory model's predictions on them (to compare with the exported SavedModel).
+"""
+
+# ruff: noqa: I001  (multitower must be imported before TensorFlow)
+import json
+import os
+import sys
+
+import multitower  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+import numpy as np
+import tensorflow as tf
+
+from multitower.config import load_config
+from multitower.records import feature_dtype
+from trainer.strategy import make_strategy, task_info
+from trainer.train import train_day
+
+
+def main() -> None:
+    config_path, date, out_dir = sys.argv[1:4]
+    strategy = make_strategy()
+    config = load_config(config_path)
+    result = train_day(config, date, strategy)
+    arrays = {f"w{i}": w for i, w in enumerate(result.model.get_weights())}
+    arrays["global_step"] = np.array(result.global_step)
+    arrays["num_replicas"] = np.array(strategy.num_replicas_in_sync)
+    if len(sys.argv) > 4:
+        with open(sys.argv[4]) as f:
+            rows = [json.loads(line) for line in f]
+        features = {
+            f.name: tf.constant([r[f.name] for r in rows], dtype=feature_dtype(f.dtype))
+            for f in config.data.features
+        }
+        outputs = result.model(features, training=False)
+        for task in config.data.tasks:
+            arrays[f"pred_{task.name}"] = outputs[task.name].numpy()[:, 0]
+    np.savez(os.path.join(out_dir, f"worker-{task_info().task_id}.npz"), **arrays)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""tf.data input for one day of TFRecords: per-worker file shards, parse after batching."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from multitower.config import DataConfig
+from multitower.records import parse_spec, split_labels
+
+
+def make_dataset(
+    files: list[str],
+    data: DataConfig,
+    global_batch_size: int,
+    context: tf.distribute.InputContext | None = None,
+    shuffle_buffer: int = 0,
+    seed: int = 0,
+    repeat: bool = True,
+) -> tf.data.Dataset:
+    """Batches of `(raw features, labels)` from GZIP TFRecords.
+
+    Args:
+      files: the day's TFRecord files.
+      data: the data part of the config (decides the parse spec).
+      global_batch_size: examples per step over every replica; each replica gets its share.
+      context: from `distribute_datasets_from_function`; each input pipeline (worker) reads a
+        disjoint subset of files, or of records when there are fewer files than workers.
+      shuffle_buffer: examples to shuffle over (0: no shuffle).
+      seed: shuffle seed, so that a rerun sees the same order.
+      repeat: repeat forever; training then runs a fixed number of steps on every worker, which
+        keeps the workers' collectives in step even when their shards differ in size.
+
+    Returns:
+      A dataset of `({feature: (b,)}, {task: (b, 1)})` with `b` the per-replica batch size.
+    """
+    if not files:
+        raise ValueError("no TFRecord files to read")
+    batch = global_batch_size
+    shards, index = 1, 0
+    if context is not None:
+        batch = context.get_per_replica_batch_size(global_batch_size)
+        shards, index = context.num_input_pipelines, context.input_pipeline_id
+    ds = tf.data.Dataset.from_tensor_slices(sorted(files))
+    by_file = len(files) >= shards
+    if shards > 1 and by_file:
+        ds = ds.shard(shards, index)
+    ds = ds.interleave(
+        lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
+        cycle_length=min(4, len(files)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    if shards > 1 and not by_file:
+        ds = ds.shard(shards, index)
+    if shuffle_buffer:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    spec = parse_spec(data)
+
+    def parse(serialized: tf.Tensor):
+        features, labels = split_labels(tf.io.parse_example(serialized, spec), data)
+        return features, {name: tf.expand_dims(y, -1) for name, y in labels.items()}
+
+    ds = ds.batch(batch, drop_remainder=True).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    # Sharding is done above, per file; the strategy must not shard again.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,58 @@
+"""Versioned SavedModels for TF Serving: `<export_dir>/<model name>/<version>/`.
+
+The `serving_default` signature takes the raw features by their log names and dtypes, shape
+`(batch,)`, and returns `{task name: (batch,)}`: a probability for binary tasks.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import tensorflow as tf
+import tf_keras as keras
+
+from multitower.config import Config
+from multitower.records import feature_dtype
+
+
+def versions(model_base: str) -> list[int]:
+    """The integer versions already exported under `model_base`, ascending."""
+    if not tf.io.gfile.isdir(model_base):
+        return []
+    names = (n.rstrip("/") for n in tf.io.gfile.listdir(model_base))
+    return sorted(int(n) for n in names if n.isdigit())
+
+
+def serving_function(model: keras.Model, config: Config) -> tf.types.experimental.ConcreteFunction:
+    """The serving signature's concrete function over raw inputs."""
+    specs = {
+        f.name: tf.TensorSpec([None], feature_dtype(f.dtype), name=f.name)
+        for f in config.data.features
+    }
+
+    @tf.function(input_signature=[specs])
+    def serve(features):
+        outputs = model(features, training=False)
+        return {t.name: tf.squeeze(outputs[t.name], axis=-1) for t in config.data.tasks}
+
+    return serve.get_concrete_function()
+
+
+def export_saved_model(model: keras.Model, config: Config, version: int) -> str:
+    """Writes `model` as version `version`; the folder appears only once complete.
+
+    The SavedModel is written under a temporary name that TF Serving ignores (it is not an
+    integer), then renamed.
+    """
+    base = os.path.join(config.train.export_dir, config.model.name)
+    final = os.path.join(base, str(version))
+    if tf.io.gfile.exists(final):
+        raise FileExistsError(f"{final} already exists; versions are never overwritten")
+    tmp = os.path.join(base, f".tmp-{version}-{uuid.uuid4().hex}")
+    tf.io.gfile.makedirs(base)
+    tf.saved_model.save(
+        model, tmp, signatures={"serving_default": serving_function(model, config)}
+    )
+    tf.io.gfile.rename(tmp, final)
+    return final

@@ -1,0 +1,134 @@
+"""Raw features to one dense vector: hashing, embeddings and normalization live in the model.
+
+The model receives the values exactly as they were logged (strings, integers, floats), so the
+serving path needs no second copy of the feature code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import tensorflow as tf
+import tf_keras as keras
+
+from multitower.config import DataConfig
+from multitower.records import feature_dtype
+
+
+@keras.utils.register_keras_serializable(package="multitower")
+class HashedEmbedding(keras.layers.Layer):
+    """Hashes raw categorical values into `num_buckets` rows and looks up their embeddings.
+
+    Integer values are hashed through their decimal string, so `7` and `"7"` share a row.
+
+    Input shape: `(batch,)` of tf.string or tf.int64.
+    Output shape: `(batch, dim)`.
+    """
+
+    def __init__(self, num_buckets: int, dim: int, **kwargs):
+        super().__init__(**kwargs)
+        if num_buckets < 1 or dim < 1:
+            raise ValueError(f"num_buckets and dim must be >= 1, got {num_buckets} and {dim}")
+        self.num_buckets = num_buckets
+        self.dim = dim
+
+    def build(self, input_shape):
+        self.embeddings = self.add_weight(
+            name="embeddings",
+            shape=(self.num_buckets, self.dim),
+            initializer=keras.initializers.RandomUniform(-0.05, 0.05),
+        )
+        super().build(input_shape)
+
+    def call(self, values: tf.Tensor) -> tf.Tensor:
+        if values.dtype != tf.string:
+            values = tf.strings.as_string(values)
+        ids = tf.strings.to_hash_bucket_fast(values, self.num_buckets)
+        return tf.gather(self.embeddings, ids)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "num_buckets": self.num_buckets, "dim": self.dim}
+
+
+@keras.utils.register_keras_serializable(package="multitower")
+class Standardize(keras.layers.Layer):
+    """Scales numeric columns by frozen constants: `(x - mean) / std`.
+
+    The constants come from the Beam job's statistics of the first trained day and are stored as
+    non-trainable weights, so they travel in checkpoints and SavedModels.
+
+    Input shape: `(batch, n)` float32. Output shape: `(batch, n)`.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], **kwargs):
+        super().__init__(**kwargs)
+        if len(mean) != len(std):
+            raise ValueError(f"mean and std differ in length: {len(mean)} != {len(std)}")
+        if any(s < 0 for s in std):
+            raise ValueError(f"std must be >= 0, got {list(std)}")
+        self.mean = [float(m) for m in mean]
+        # A constant column (std 0) is centred, not divided by zero.
+        self.std = [float(s) if s > 0 else 1.0 for s in std]
+
+    def build(self, input_shape):
+        n = len(self.mean)
+        if input_shape[-1] != n:
+            raise ValueError(f"expected {n} numeric columns, got input shape {input_shape}")
+        self.offset = self.add_weight(
+            name="mean", shape=(n,), trainable=False,
+            initializer=keras.initializers.Constant(self.mean),
+        )
+        self.scale = self.add_weight(
+            name="std", shape=(n,), trainable=False,
+            initializer=keras.initializers.Constant(self.std),
+        )
+        super().build(input_shape)
+
+    def call(self, x: tf.Tensor) -> tf.Tensor:
+        return (x - self.offset) / self.scale
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "mean": self.mean, "std": self.std}
+
+
+def raw_inputs(data: DataConfig) -> dict[str, keras.Input]:
+    """One scalar-per-example keras.Input per feature, named and typed as in the logs."""
+    return {
+        f.name: keras.Input(shape=(), dtype=feature_dtype(f.dtype), name=f.name)
+        for f in data.features
+    }
+
+
+def feature_vector(
+    inputs: dict[str, tf.Tensor], data: DataConfig, normalization: dict[str, dict[str, float]]
+) -> tf.Tensor:
+    """Concatenates every categorical embedding and the standardized numeric columns.
+
+    Args:
+      inputs: raw feature tensors of shape `(batch,)`, keyed by log name.
+      data: the data part of the config.
+      normalization: `{numeric feature: {"mean": m, "std": s}}` from the first trained day.
+
+    Returns:
+      A float32 tensor of shape `(batch, sum(embedding_dim) + number of numeric features)`.
+    """
+    parts = [
+        HashedEmbedding(f.hash_buckets, f.embedding_dim, name=f"embed_{f.name}")(inputs[f.name])
+        for f in data.categorical
+    ]
+    if data.numeric:
+        missing = [f.name for f in data.numeric if f.name not in normalization]
+        if missing:
+            raise ValueError(f"no normalization constants for numeric features {missing}")
+        # tf ops on symbolic inputs become TFOpLambda layers in the functional model.
+        numeric = tf.stack([tf.cast(inputs[f.name], tf.float32) for f in data.numeric], axis=-1)
+        parts.append(
+            Standardize(
+                [normalization[f.name]["mean"] for f in data.numeric],
+                [normalization[f.name]["std"] for f in data.numeric],
+                name="standardize",
+            )(numeric)
+        )
+    if len(parts) == 1:
+        return parts[0]
+    return keras.layers.Concatenate(name="features")(parts)

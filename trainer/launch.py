@@ -1,0 +1,111 @@
+"""Run N trainer processes on this machine, each with its own `TF_CONFIG` (localhost cluster).
+
+This is how a laptop exercises the multi-worker path: the processes are the same command a
+Kubernetes worker runs, and differ only in `TF_CONFIG`. If one worker fails, the others are
+stopped at once rather than left waiting on a collective.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct ports free on localhost right now."""
+    sockets = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("localhost", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def cluster_env(num_workers: int, index: int, ports: Sequence[int]) -> dict[str, str]:
+    """The environment of worker `index` in a localhost cluster."""
+    tf_config = {
+        "cluster": {"worker": [f"localhost:{p}" for p in ports]},
+        "task": {"type": "worker", "index": index},
+    }
+    return {**os.environ, "TF_CONFIG": json.dumps(tf_config)}
+
+
+def _pump(stream, prefix: str, sink) -> None:
+    for line in iter(stream.readline, ""):
+        sink(f"{prefix}{line}")
+
+
+def _to_stderr(text: str) -> None:
+    sys.stderr.write(text)
+    sys.stderr.flush()
+
+
+def run_local_workers(
+    argv: Sequence[str], num_workers: int, extra_env: dict[str, str] | None = None,
+    echo_workers: bool = False,
+) -> int:
+    """Runs `python argv...` as `num_workers` workers of one localhost cluster.
+
+    Args:
+      argv: arguments after the Python executable, e.g. `["-m", "multitower.cli", "train", ...]`.
+      num_workers: processes to start; worker 0 is the chief.
+      extra_env: variables added to every worker's environment.
+      echo_workers: also print non-chief output (always printed when a worker fails).
+
+    Returns:
+      0 if every worker succeeded, else the first failing worker's exit code.
+    """
+    if num_workers < 1:
+        raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+    ports = free_ports(num_workers)
+    procs, threads, captured = [], [], []
+    for index in range(num_workers):
+        env = {**cluster_env(num_workers, index, ports), **(extra_env or {})}
+        proc = subprocess.Popen(
+            [sys.executable, *argv], env=env, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        procs.append(proc)
+        if index == 0 or echo_workers:
+            sink = _to_stderr
+        else:  # kept quiet unless a worker fails
+            lines: list[str] = []
+            captured.append(lines)
+            sink = lines.append
+        t = threading.Thread(target=_pump, args=(proc.stdout, f"[worker {index}] ", sink))
+        t.daemon = True
+        t.start()
+        threads.append(t)
+    status = 0
+    while any(p.poll() is None for p in procs):
+        failed = [p for p in procs if p.poll() not in (None, 0)]
+        if failed:
+            status = failed[0].returncode
+            for p in procs:
+                if p.poll() is None:
+                    p.terminate()
+            break
+        time.sleep(0.2)
+    for p in procs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    for t in threads:
+        t.join(timeout=5)
+    status = status or next((p.returncode for p in procs if p.returncode), 0)
+    if status:
+        for lines in captured:
+            _to_stderr("".join(lines))
+    return status

@@ -1,0 +1,76 @@
+"""`model_dir/state.json`: what the model has been trained on, so the next day can continue."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import asdict, dataclass, field
+
+import tensorflow as tf
+
+STATE_NAME = "state.json"
+
+
+@dataclass
+class TrainedDay:
+    date: str
+    global_step: int
+    steps: int
+    rows: int
+    version: int
+    metrics: dict[str, float]
+
+
+@dataclass
+class TrainState:
+    """The warm-start record the chief writes after each trained day.
+
+    `normalization` holds the numeric constants frozen from the first trained day; the
+    `schema_fingerprint` is the data schema the model's inputs were built for.
+    """
+
+    model_name: str
+    schema_fingerprint: str
+    normalization: dict[str, dict[str, float]]
+    days: list[TrainedDay] = field(default_factory=list)
+
+    @property
+    def last_date(self) -> str | None:
+        return self.days[-1].date if self.days else None
+
+    @property
+    def global_step(self) -> int:
+        return self.days[-1].global_step if self.days else 0
+
+    def to_json(self) -> str:
+        doc = asdict(self)
+        doc.update(last_date=self.last_date, global_step=self.global_step)
+        return json.dumps(doc, indent=2, sort_keys=True)
+
+
+def load_state(model_dir: str) -> TrainState | None:
+    """Reads the state, or None for a model that was never trained."""
+    path = os.path.join(model_dir, STATE_NAME)
+    if not tf.io.gfile.exists(path):
+        return None
+    try:
+        doc = json.loads(tf.io.gfile.GFile(path).read())
+        return TrainState(
+            model_name=doc["model_name"],
+            schema_fingerprint=doc["schema_fingerprint"],
+            normalization=doc["normalization"],
+            days=[TrainedDay(**d) for d in doc["days"]],
+        )
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: not a valid multitower state file ({err!r})") from None
+
+
+def save_state(model_dir: str, state: TrainState) -> None:
+    """Writes the state atomically: a temporary file, then a rename over the old one."""
+    tf.io.gfile.makedirs(model_dir)
+    path = os.path.join(model_dir, STATE_NAME)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        f.write(state.to_json())
+    tf.io.gfile.rename(tmp, path, overwrite=True)

@@ -1,0 +1,160 @@
+"""Train one day: warm start from the latest checkpoint, one pass over the day, checkpoint, export.
+
+Every worker runs this same function; `TF_CONFIG` alone makes it distributed. Only the chief's
+checkpoint, state and export land: the other workers save to temporary directories they delete
+(saving is a collective), and the chief exports a copy of the model built outside the strategy.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+
+import tensorflow as tf
+import tf_keras as keras
+
+from multitower.config import Config
+from pipeline.manifest import day_dir, read_manifest
+from trainer.data import make_dataset
+from trainer.export import export_saved_model, versions
+from trainer.model import build_model, compile_model
+from trainer.progress import ProgressLogger
+from trainer.state import TrainedDay, TrainState, load_state, save_state
+from trainer.strategy import make_strategy, task_info
+
+log = logging.getLogger("multitower.trainer")
+CHECKPOINTS = "checkpoints"
+
+
+class TrainingError(RuntimeError):
+    """A day cannot be trained as asked; the message says why and what to do."""
+
+
+@dataclass
+class DayResult:
+    date: str
+    steps: int
+    global_step: int
+    version: int | None  # None on workers other than the chief
+    export_path: str | None
+    metrics: dict[str, float]
+    model: keras.Model
+
+
+def _normalization(manifest: dict) -> dict[str, dict[str, float]]:
+    return {
+        name: {"mean": float(s["mean"]), "std": float(s["std"])}
+        for name, s in manifest["numeric"].items()
+    }
+
+
+def _restore(checkpoint: tf.train.Checkpoint, model_dir: str) -> str | None:
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINTS))
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+    return latest
+
+
+def train_day(
+    config: Config, date: str, strategy: tf.distribute.Strategy | None = None
+) -> DayResult:
+    """Trains `config`'s model on one preprocessed day and exports the next version.
+
+    Args:
+      config: the loaded config.
+      date: `YYYY-MM-DD`; its TFRecord partition must be complete (have `_MANIFEST.json`).
+      strategy: reuse a strategy made by `make_strategy()` (one per process); made if None.
+
+    Returns:
+      What was trained, with the model (still under the strategy).
+    """
+    strategy = strategy or make_strategy()
+    info = task_info()
+    model_dir, batch = config.train.model_dir, config.train.batch_size
+    manifest = read_manifest(config.data.tfrecords, date)
+    fingerprint = config.data.schema_fingerprint()
+    if manifest["schema_fingerprint"] != fingerprint:
+        raise TrainingError(
+            f"{day_dir(config.data.tfrecords, date)} was written for schema "
+            f"{manifest['schema_fingerprint']}, but the config's data schema is {fingerprint}; "
+            f"preprocess the day again with this config"
+        )
+    rows = int(manifest["rows"]["written"])
+    steps = rows // batch
+    if steps < 1:
+        raise TrainingError(
+            f"day {date} has {rows} rows, fewer than one global batch ({batch}); "
+            "lower train.batch_size"
+        )
+    state = load_state(model_dir)
+    if state is not None and state.schema_fingerprint != fingerprint:
+        raise TrainingError(
+            f"{model_dir} holds a model for data schema {state.schema_fingerprint}, but the "
+            f"config's schema is {fingerprint}; use a new train.model_dir for a new schema"
+        )
+    normalization = state.normalization if state else _normalization(manifest)
+
+    with strategy.scope():
+        model = build_model(config, normalization)
+        compile_model(model, config)
+        model.optimizer.build(model.trainable_variables)  # slots exist before restoring
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+    restored = _restore(checkpoint, model_dir)
+    first_step = int(model.optimizer.iterations.numpy())
+    log.info(
+        "training day %s: %d rows, %d steps of %d on %d worker(s), %s",
+        date, rows, steps, batch, info.num_workers,
+        f"warm start from {restored} (step {first_step})" if restored else "new model",
+    )
+
+    files = [os.path.join(day_dir(config.data.tfrecords, date), f) for f in manifest["files"]]
+
+    def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        return make_dataset(
+            files, config.data, batch, context,
+            shuffle_buffer=config.train.shuffle_buffer,
+            seed=config.train.seed + len(state.days if state else []),
+        )
+
+    started = time.perf_counter()
+    callbacks = [ProgressLogger(date, steps, batch, first_step)] if info.is_chief else []
+    history = model.fit(
+        keras.utils.experimental.DatasetCreator(dataset_fn),
+        epochs=1, steps_per_epoch=steps, verbose=0, callbacks=callbacks,
+    )
+    seconds = time.perf_counter() - started
+    metrics = {k: float(v[-1]) for k, v in history.history.items()}
+    global_step = int(model.optimizer.iterations.numpy())
+
+    # Every worker saves (a collective); only the chief's copy lands in model_dir.
+    ckpt_dir = os.path.join(model_dir, CHECKPOINTS) if info.is_chief else tempfile.mkdtemp()
+    manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=10)
+    manager.save(checkpoint_number=global_step)
+    if not info.is_chief:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+
+    weights = model.get_weights()
+    version = export_path = None
+    if info.is_chief:
+        # Exporting the distributed model would need every worker; a plain copy needs none.
+        copy = build_model(config, normalization)
+        copy.set_weights(weights)
+        base = os.path.join(config.train.export_dir, config.model.name)
+        known = (state.days[-1].version if state and state.days else 0)
+        version = max([known, *versions(base)]) + 1
+        export_path = export_saved_model(copy, config, version)
+        state = state or TrainState(config.model.name, fingerprint, normalization)
+        state.days.append(TrainedDay(date, global_step, steps, rows, version, metrics))
+        save_state(model_dir, state)
+        with tf.io.gfile.GFile(os.path.join(model_dir, "config.yaml"), "w") as f:
+            f.write(config.to_yaml())
+    log.info(
+        "trained day %s: %d steps in %.1f s (%.0f ex/s), global step %d%s",
+        date, steps, seconds, steps * batch / max(seconds, 1e-9), global_step,
+        f", exported {export_path}" if export_path else "",
+    )
+    return DayResult(date, steps, global_step, version, export_path, metrics, model)
