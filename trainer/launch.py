@@ -9,12 +9,22 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Sequence
+
+# Start-up lines every TensorFlow 2.16 process prints that say nothing about this run: the CUDA
+# plugin double registration (harmless on CPU and GPU, tensorflow/tensorflow#62075) and absl's
+# notice before its log is initialized. Only the chief's stream is filtered; a failing worker's
+# output is shown whole.
+_NOISE = re.compile(
+    r"Unable to register cu(DNN|FFT|BLAS) factory|All log messages before absl::InitializeLog"
+    r"|coordination_service_agent.cc"
+)
 
 
 def free_ports(n: int) -> list[int]:
@@ -46,6 +56,8 @@ def _pump(stream, prefix: str, sink) -> None:
 
 
 def _to_stderr(text: str) -> None:
+    if _NOISE.search(text):
+        return
     sys.stderr.write(text)
     sys.stderr.flush()
 
@@ -107,5 +119,5 @@ def run_local_workers(
     status = status or next((p.returncode for p in procs if p.returncode), 0)
     if status:
         for lines in captured:
-            _to_stderr("".join(lines))
+            sys.stderr.write("".join(lines))
     return status

@@ -1,0 +1,140 @@
+"""Tests of the synthetic impression generator: determinism, schema, and learnable signal."""
+
+import datetime as dt
+import gzip
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.generate import Population, generate_day, generate_logs
+
+KEYS = {"event_id", "ts", "user_id", "user_segment", "user_country", "item_id", "item_category",
+        "device", "hour", "position", "item_price", "user_activity", "click", "conversion",
+        "watch_time"}
+
+
+@pytest.fixture(scope="module")
+def population() -> Population:
+    return Population(seed=3)
+
+
+@pytest.fixture(scope="module")
+def day(population: Population) -> list[dict]:
+    rows, _ = generate_day(population, "2026-02-01", 20_000, seed=3, task_correlation=0.8)
+    return rows
+
+
+def _bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _read(path: str) -> list[dict]:
+    with gzip.open(path, "rt") as f:
+        return [json.loads(line) for line in f]
+
+
+def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Mann-Whitney AUC with tied scores sharing their average rank."""
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2)[inverse]
+    pos = labels.sum()
+    neg = len(labels) - pos
+    return float((ranks[labels == 1].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def test_same_seed_same_bytes_and_layout(tmp_path):
+    a = generate_logs(str(tmp_path / "a"), "2026-01-30", 3, 300, seed=5, files_per_day=2)
+    b = generate_logs(str(tmp_path / "b"), "2026-01-30", 3, 300, seed=5, files_per_day=2)
+    c = generate_logs(str(tmp_path / "c"), "2026-01-30", 3, 300, seed=6, files_per_day=2)
+    assert [p.split("/")[-2:] for p in a] == [
+        [f"dt={d}", f"part-{k:05d}.jsonl.gz"]
+        for d in ("2026-01-30", "2026-01-31", "2026-02-01") for k in range(2)]
+    assert [_bytes(p) for p in a] == [_bytes(p) for p in b]
+    assert all(_bytes(x) != _bytes(y) for x, y in zip(a, c, strict=True))
+    assert sum(len(_read(p)) for p in a[:2]) == 300
+
+
+def test_a_date_does_not_depend_on_the_start_date(tmp_path):
+    from_30th = generate_logs(str(tmp_path / "a"), "2026-01-30", 2, 100, seed=1)
+    from_31st = generate_logs(str(tmp_path / "b"), "2026-01-31", 1, 100, seed=1)
+    assert _read(from_30th[2]) == _read(from_31st[0])
+
+
+def test_columns_and_types(day):
+    start = int(dt.datetime(2026, 2, 1, tzinfo=dt.UTC).timestamp())
+    for row in day[:2000]:
+        assert set(row) == KEYS
+        for key in ("event_id", "user_id", "user_segment", "user_country", "item_id",
+                    "item_category", "device"):
+            assert isinstance(row[key], str), key
+        assert row["device"] in {"ios", "android", "web", "tv"}
+        assert 0 <= row["hour"] <= 23 and row["hour"] == (row["ts"] - start) // 3600
+        assert 1 <= row["position"] <= 20 and isinstance(row["position"], int)
+        assert isinstance(row["item_price"], float) and row["item_price"] > 0
+        assert row["user_activity"] >= 0
+        assert row["click"] in (0, 1) and row["conversion"] in (0, 1)
+        assert row["watch_time"] >= 0
+    assert len({row["event_id"] for row in day}) == len(day)
+
+
+def test_labels_are_consistent_and_rates_sane(day):
+    click = np.array([r["click"] for r in day])
+    conversion = np.array([r["conversion"] for r in day])
+    watch = np.array([r["watch_time"] for r in day])
+    assert np.all(conversion <= click)
+    assert np.all(watch[click == 0] == 0) and np.all(watch[click == 1] > 0)
+    assert 0.08 < click.mean() < 0.25
+    assert 0.08 < conversion[click == 1].mean() < 0.4
+
+
+def test_population_repeats_across_days(population, day):
+    next_day, _ = generate_day(population, "2026-02-02", 20_000, seed=3, task_correlation=0.8)
+    users = {r["user_id"] for r in day}
+    repeat = np.mean([r["user_id"] in users for r in next_day])
+    assert repeat > 0.3  # heavy users come back, as in real logs
+    assert len({r["item_category"] for r in day}) > 150
+    assert len({r["user_segment"] for r in day}) == 20
+
+
+def _cell_ctr_vs_conversion(population: Population, task_correlation: float) -> float:
+    """Correlation, over clicked rows, of the (segment, category) click rate with conversion."""
+    rows, _ = generate_day(population, "2026-02-03", 40_000, 3, task_correlation)
+    cell = np.unique([r["user_segment"] + r["item_category"] for r in rows], return_inverse=True)[1]
+    click = np.array([r["click"] for r in rows])
+    conversion = np.array([r["conversion"] for r in rows])
+    ctr = np.bincount(cell, weights=click) / np.bincount(cell)
+    clicked = click == 1
+    return float(np.corrcoef(ctr[cell][clicked], conversion[clicked])[0, 1])
+
+
+def test_task_correlation_shares_the_click_signal(population):
+    shared = _cell_ctr_vs_conversion(population, 1.0)
+    independent = _cell_ctr_vs_conversion(population, 0.0)
+    assert shared > independent + 0.15
+    assert abs(independent) < 0.1
+
+
+def test_bad_task_correlation(population):
+    with pytest.raises(ValueError, match="task_correlation"):
+        generate_day(population, "2026-02-01", 10, seed=0, task_correlation=1.5)
+
+
+def test_clicks_are_learnable_from_earlier_days(population):
+    """The true logit ranks clicks well, and a segment x category table carries to the next day."""
+    days = [generate_day(population, f"2026-03-0{d}", 60_000, 3, 0.8) for d in (1, 2, 3)]
+    train = days[0][0] + days[1][0]
+    test, truth = days[2]
+    click = np.array([r["click"] for r in train])
+    test_click = np.array([r["click"] for r in test])
+    assert _auc(test_click, truth["click_logit"]) > 0.8
+
+    keys, cell = np.unique([r["user_segment"] + r["item_category"] for r in train + test],
+                           return_inverse=True)
+    train_cell, test_cell = cell[: len(train)], cell[len(train):]
+    clicks = np.bincount(train_cell, weights=click, minlength=len(keys))
+    shown = np.bincount(train_cell, minlength=len(keys))
+    prior = 20  # shrinks rarely seen cells towards the global rate
+    table = (clicks + prior * click.mean()) / (shown + prior)
+    assert _auc(test_click, table[test_cell]) > 0.72
