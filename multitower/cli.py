@@ -20,13 +20,15 @@ log = logging.getLogger("multitower")
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr,
-        format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
-    )
-    quiet = logging.INFO if verbose else logging.WARNING
-    for name in ("apache_beam", "tensorflow", "absl", "root"):
-        logging.getLogger(name).setLevel(quiet)
+    # multitower's own progress goes to stderr through its own handler: TensorFlow/absl may have
+    # configured the root logger already, which would make logging.basicConfig a no-op.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    for name in ("apache_beam", "tensorflow", "absl"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def _friendly_errors(fn):
@@ -51,7 +53,20 @@ config_option = click.option(
     "--config", "config_path", required=True, type=click.Path(dir_okay=False),
     help="The project's YAML config.",
 )
-date_option = click.option("--date", required=True, help="The day, YYYY-MM-DD.")
+
+
+def _check_date(ctx, param, value: str) -> str:
+    from pipeline.manifest import check_date
+
+    try:
+        return check_date(value)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
+
+
+date_option = click.option(
+    "--date", required=True, callback=_check_date, help="The day, YYYY-MM-DD."
+)
 
 
 @click.group()
@@ -106,9 +121,12 @@ def train(config_path, date, workers) -> None:
     """Train one day from the latest checkpoint and export the next version."""
     import os
 
-    config = load_config(config_path)  # fail on a bad config before starting any worker
+    config = load_config(config_path)
     if workers > 1 and not os.environ.get("TF_CONFIG"):
+        from pipeline.manifest import read_manifest
         from trainer.launch import run_local_workers
+
+        read_manifest(config.data.tfrecords, date)  # fail here, not once in every worker
 
         argv = ["-m", "multitower.cli", "train", "--config", config_path, "--date", date]
         status = run_local_workers(argv, workers)
