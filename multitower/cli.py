@@ -85,12 +85,14 @@ def main(verbose: bool) -> None:
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--task-correlation", default=0.8, show_default=True,
               type=click.FloatRange(0.0, 1.0), help="How much conversion shares click's signal.")
-def generate(out, start_date, days, rows_per_day, seed, task_correlation) -> None:
+@click.option("--click-bias", default=0.0, show_default=True, type=float,
+              help="Added to every click logit; -1.5 gives about a 4% click rate.")
+def generate(out, start_date, days, rows_per_day, seed, task_correlation, click_bias) -> None:
     """Write synthetic impression logs: OUT/dt=YYYY-MM-DD/*.jsonl.gz."""
     from pipeline.generate import generate_logs
 
     paths = generate_logs(out, start_date, days, rows_per_day, seed=seed,
-                          task_correlation=task_correlation)
+                          task_correlation=task_correlation, click_bias=click_bias)
     click.echo(f"wrote {len(paths)} files, {days} day(s) x {rows_per_day} rows, under {out}")
 
 
@@ -137,9 +139,23 @@ def train(config_path, date, workers) -> None:
 
     result = train_day(config, date)
     if result.export_path:
-        shown = ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items() if "loss" not in k)
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()
+                          if k.endswith(("_auc", "_rmse", "_auc_clicked")))
         click.echo(f"{date}: global step {result.global_step}, exported {result.export_path}"
                    f" ({shown})")
+
+
+@main.command()
+@config_option
+@date_option
+@click.option("--output", type=click.Path(dir_okay=False),
+              help="Where to write the JSON report (default <model_dir>/eval/dt=D.json).")
+@_friendly_errors
+def evaluate(config_path, date, output) -> None:
+    """Per-task quality and gate diagnostics of the latest checkpoint on one day."""
+    from trainer.evaluate import evaluate_day, format_report
+
+    click.echo(format_report(evaluate_day(load_config(config_path), date, output)))
 
 
 @main.command()

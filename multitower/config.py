@@ -54,16 +54,33 @@ Feature = Annotated[CategoricalFeature | NumericFeature, Field(discriminator="ty
 
 
 class Task(_Strict):
-    """One objective: a binary label (probability output) or a regression target."""
+    """One objective: a binary label (probability output) or a regression target.
+
+    A regression task may train on a transformed label (`log1p` for heavy tails such as watch
+    time); the exported model inverts it, so serving returns the original unit. An `optional`
+    label may be missing on a row: that row is then masked out of this task's loss only.
+    """
 
     name: str
     type: Literal["binary", "regression"]
     label: str | None = None  # the log column holding the label; defaults to the task name
     loss_weight: NonNegativeFloat = 1.0
+    loss: Literal["mse", "huber"] | None = None  # regression only; default mse
+    huber_delta: PositiveFloat = 1.0
+    label_transform: Literal["none", "log1p"] = "none"  # regression only
+    optional: bool = False
 
     @property
     def label_column(self) -> str:
         return self.label or self.name
+
+    @model_validator(mode="after")
+    def _regression_only(self) -> Task:
+        if self.type == "binary" and (self.loss is not None or self.label_transform != "none"):
+            raise ValueError(
+                f"task {self.name!r}: loss and label_transform apply to regression tasks only"
+            )
+        return self
 
 
 class DataConfig(_Strict):
@@ -116,23 +133,82 @@ class DataConfig(_Strict):
         """A hash of what the TFRecords hold (columns, kinds, dtypes), not of model sizes."""
         schema = {
             "features": [[f.name, f.type, f.dtype] for f in self.features],
-            "tasks": [[t.name, t.type, t.label_column] for t in self.tasks],
+            "tasks": [[t.name, t.type, t.label_column, t.optional] for t in self.tasks],
         }
         return hashlib.sha256(json.dumps(schema, sort_keys=True).encode()).hexdigest()[:16]
 
 
-class MMoEConfig(_Strict):
-    """Multi-gate mixture of experts (Ma et al. 2018): shared experts, one softmax gate per task."""
+GateUnits = list[PositiveInt]
+
+
+class MLPConfig(_Strict):
+    """One MLP: the shared bottom, or each task's own network in `single_task`."""
+
+    units: Units = [128, 64]
+
+
+class ExpertsConfig(_Strict):
+    """MoE / MMoE: `num_experts` shared experts; one gate (MoE) or one gate per task (MMoE)."""
 
     num_experts: PositiveInt = 4
     expert_units: Units = [64]
+    gate_units: GateUnits = []  # an optional MLP before each gate's softmax
+
+
+class CGCConfig(_Strict):
+    """CGC / PLE (Tang et al. 2020): shared experts plus experts of each task's own."""
+
+    shared_experts: PositiveInt = 2
+    task_experts: PositiveInt | dict[str, PositiveInt] = 1  # one count, or a count per task
+    expert_units: Units = [64]
+    gate_units: GateUnits = []
+
+
+class PLEConfig(CGCConfig):
+    levels: PositiveInt = 2  # extraction levels; 1 is CGC
+
+
+class ESMMConfig(_Strict):
+    """ESMM (Ma et al. 2018): pCTCVR = pCTR x pCVR, trained over every impression."""
+
+    ctr_task: str
+    cvr_task: str
+    ctcvr_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+$")] = "ctcvr"
+
+
+Backbone = Literal["shared_bottom", "moe", "mmoe", "cgc", "ple", "single_task"]
 
 
 class ModelConfig(_Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]  # the export folder's name
-    backbone: Literal["mmoe"] = "mmoe"
-    mmoe: MMoEConfig = MMoEConfig()
+    backbone: Backbone = "mmoe"
+    shared_bottom: MLPConfig = MLPConfig()
+    moe: ExpertsConfig = ExpertsConfig()
+    mmoe: ExpertsConfig = ExpertsConfig()
+    cgc: CGCConfig = CGCConfig()
+    ple: PLEConfig = PLEConfig()
+    single_task: MLPConfig = MLPConfig()
+    heads: Literal["towers", "esmm"] = "towers"
+    esmm: ESMMConfig | None = None
     tower_units: Units = [32]
+    activation: Literal["relu", "gelu", "swish", "tanh", "elu"] = "relu"
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    batch_norm: bool = False
+
+    @model_validator(mode="after")
+    def _esmm_block(self) -> ModelConfig:
+        if self.heads == "esmm" and self.esmm is None:
+            raise ValueError("heads: esmm needs an 'esmm' block naming ctr_task and cvr_task")
+        return self
+
+
+class GradNormConfig(_Strict):
+    alpha: NonNegativeFloat = 1.5  # restoring force towards equal training rates
+    learning_rate: PositiveFloat = 0.025  # of the task weights
+
+
+class DWAConfig(_Strict):
+    temperature: PositiveFloat = 2.0
 
 
 class TrainConfig(_Strict):
@@ -143,6 +219,9 @@ class TrainConfig(_Strict):
     seed: int = 0
     model_dir: str
     export_dir: str
+    loss_balancing: Literal["fixed", "uncertainty", "gradnorm", "dwa", "pcgrad"] = "fixed"
+    gradnorm: GradNormConfig = GradNormConfig()
+    dwa: DWAConfig = DWAConfig()
 
 
 class Config(_Strict):
@@ -150,6 +229,34 @@ class Config(_Strict):
     model: ModelConfig
     train: TrainConfig
     source: str | None = Field(default=None, exclude=True)  # the file it was loaded from
+
+    @model_validator(mode="after")
+    def _model_fits_data(self) -> Config:
+        """Checks the parts of the model that name tasks against the data's tasks."""
+        tasks = {t.name: t for t in self.data.tasks}
+        model = self.model
+        for backbone in ("cgc", "ple"):
+            counts = getattr(model, backbone).task_experts
+            if isinstance(counts, dict) and set(counts) != set(tasks):
+                raise ValueError(
+                    f"model.{backbone}.task_experts must give a count for every task "
+                    f"{sorted(tasks)}, got {sorted(counts)}"
+                )
+        if model.heads == "esmm":
+            esmm = model.esmm
+            for key in ("ctr_task", "cvr_task"):
+                name = getattr(esmm, key)
+                if name not in tasks or tasks[name].type != "binary":
+                    raise ValueError(f"model.esmm.{key}: {name!r} is not a binary task")
+            if esmm.ctr_task == esmm.cvr_task:
+                raise ValueError("model.esmm: ctr_task and cvr_task must differ")
+            taken = set(tasks) | {f.name for f in self.data.features}
+            if esmm.ctcvr_name in taken:
+                raise ValueError(f"model.esmm.ctcvr_name {esmm.ctcvr_name!r} is already a name")
+        if self.train.loss_balancing == "gradnorm" and model.backbone == "single_task":
+            raise ValueError("train.loss_balancing gradnorm needs a shared layer; single_task "
+                             "has none")
+        return self
 
     def to_yaml(self) -> str:
         """The resolved config (paths absolute), as written next to the checkpoints."""

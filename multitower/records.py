@@ -9,8 +9,10 @@ One `tf.train.Example` per accepted log row, holding the RAW values (no hashing,
 | numeric, dtype float32          | float_list    | tf.float32   |
 | label of any task               | float_list    | tf.float32   |
 
-Every column holds exactly one value. Features are keyed by their log name, labels by their label
-column. The serving signature takes the same names and dtypes.
+Every column holds exactly one value, except the label of an `optional` task, which may be
+absent (it then parses as NaN and is masked out of that task's loss). Features are keyed by
+their log name, labels by their label column. The serving signature takes the same names and
+dtypes.
 """
 
 from __future__ import annotations
@@ -32,7 +34,10 @@ def feature_dtype(dtype: str) -> tf.DType:
 def parse_spec(data: DataConfig) -> dict[str, tf.io.FixedLenFeature]:
     """The `tf.io.parse_example` spec for features and labels, keyed by column name."""
     spec = {f.name: tf.io.FixedLenFeature([], feature_dtype(f.dtype)) for f in data.features}
-    spec.update({t.label_column: tf.io.FixedLenFeature([], tf.float32) for t in data.tasks})
+    for t in data.tasks:
+        # A missing optional label parses as NaN; the trainer masks NaN labels out of the loss.
+        default = float("nan") if t.optional else None
+        spec[t.label_column] = tf.io.FixedLenFeature([], tf.float32, default_value=default)
     return spec
 
 
@@ -49,6 +54,8 @@ def encode_example(row: dict[str, Any], data: DataConfig) -> bytes:
         else:
             feature[f.name] = tf.train.Feature(float_list=tf.train.FloatList(value=[value]))
     for t in data.tasks:
+        if row[t.label_column] is None:  # a missing optional label is left out of the Example
+            continue
         value = float(row[t.label_column])
         feature[t.label_column] = tf.train.Feature(float_list=tf.train.FloatList(value=[value]))
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()

@@ -54,10 +54,11 @@ class _Moments:
 
 
 class _Accumulator:
-    __slots__ = ("read", "rejected", "reasons", "numeric", "labels")
+    __slots__ = ("read", "written", "rejected", "reasons", "numeric", "labels")
 
     def __init__(self, numeric: list[str], labels: list[str]) -> None:
         self.read = 0
+        self.written = 0
         self.rejected = 0
         self.reasons: Counter[str] = Counter()
         self.numeric = {name: _Moments() for name in numeric}
@@ -92,16 +93,19 @@ class DayStatsFn(beam.CombineFn):
             acc.rejected += 1
             acc.reasons[reason_category(payload)] += 1
         else:
+            acc.written += 1
             for name, moments in acc.numeric.items():
                 moments.add(float(payload[name]))
             for column, moments in acc.labels.items():
-                moments.add(float(payload[column]))
+                if payload[column] is not None:  # an optional label may be missing
+                    moments.add(float(payload[column]))
         return acc
 
     def merge_accumulators(self, accumulators: Any) -> _Accumulator:
         merged = self.create_accumulator()
         for acc in accumulators:
             merged.read += acc.read
+            merged.written += acc.written
             merged.rejected += acc.rejected
             merged.reasons.update(acc.reasons)
             for name, moments in acc.numeric.items():
@@ -111,12 +115,12 @@ class DayStatsFn(beam.CombineFn):
         return merged
 
     def extract_output(self, acc: _Accumulator) -> dict[str, Any]:
-        written = next(iter(acc.labels.values())).count
         return {
-            "rows": {"read": acc.read, "written": written, "rejected": acc.rejected},
+            "rows": {"read": acc.read, "written": acc.written, "rejected": acc.rejected},
             "rejection_reasons": dict(sorted(acc.reasons.items())),
             "numeric": {name: m.summary() for name, m in acc.numeric.items()},
-            "labels": {task: {"mean": acc.labels[column].summary()["mean"]}
+            "labels": {task: {"mean": acc.labels[column].summary()["mean"],
+                              "count": acc.labels[column].count}
                        for task, column in self._tasks.items()},
         }
 

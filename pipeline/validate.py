@@ -70,10 +70,10 @@ def _check(name: str, value: Any, kind: str) -> tuple[Any, str | None]:
     return number, None
 
 
-def _columns(data: DataConfig) -> list[tuple[str, str]]:
-    """(column, kind) for every feature and label, in config order."""
-    return [(f.name, f.dtype) for f in data.features] + [
-        (t.label_column, t.type) for t in data.tasks]
+def _columns(data: DataConfig) -> list[tuple[str, str, bool]]:
+    """(column, kind, may be missing) for every feature and label, in config order."""
+    return [(f.name, f.dtype, False) for f in data.features] + [
+        (t.label_column, t.type, t.optional) for t in data.tasks]
 
 
 def validate_row(row: object, data: DataConfig) -> tuple[dict[str, Any] | None, str | None]:
@@ -85,12 +85,16 @@ def validate_row(row: object, data: DataConfig) -> tuple[dict[str, Any] | None, 
 
     Returns:
         `(clean_row, None)` where `clean_row` holds only the configured columns (floats as
-        `float`, labels as 0.0/1.0 or a float), or `(None, reason)`. Extra columns are ignored.
+        `float`, labels as 0.0/1.0 or a float; None for a missing label of an `optional`
+        task), or `(None, reason)`. Extra columns are ignored.
     """
     if not isinstance(row, dict):
         return None, f"not a JSON object: got {type(row).__name__}"
     clean: dict[str, Any] = {}
-    for name, kind in _columns(data):
+    for name, kind, optional in _columns(data):
+        if optional and row.get(name) is None:
+            clean[name] = None  # an optional label: this row is masked out of its task's loss
+            continue
         if name not in row:
             return None, f"missing field {name!r}"
         value, reason = _check(name, row[name], kind)

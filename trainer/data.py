@@ -16,6 +16,7 @@ def make_dataset(
     shuffle_buffer: int = 0,
     seed: int = 0,
     repeat: bool = True,
+    drop_remainder: bool = True,
 ) -> tf.data.Dataset:
     """Batches of `(raw features, labels)` from GZIP TFRecords.
 
@@ -29,6 +30,7 @@ def make_dataset(
       seed: shuffle seed, so that a rerun sees the same order.
       repeat: repeat forever; training then runs a fixed number of steps on every worker, which
         keeps the workers' collectives in step even when their shards differ in size.
+      drop_remainder: drop a last partial batch (training); keep it to evaluate every row.
 
     Returns:
       A dataset of `({feature: (b,)}, {task: (b, 1)})` with `b` the per-replica batch size.
@@ -62,7 +64,8 @@ def make_dataset(
         features, labels = split_labels(tf.io.parse_example(serialized, spec), data)
         return features, {name: tf.expand_dims(y, -1) for name, y in labels.items()}
 
-    ds = ds.batch(batch, drop_remainder=True).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch, drop_remainder=drop_remainder)
+    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
     options = tf.data.Options()
     # Sharding is done above, per file; the strategy must not shard again.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF

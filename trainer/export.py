@@ -1,7 +1,9 @@
 """Versioned SavedModels for TF Serving: `<export_dir>/<model name>/<version>/`.
 
 The `serving_default` signature takes the raw features by their log names and dtypes, shape
-`(batch,)`, and returns `{task name: (batch,)}`: a probability for binary tasks.
+`(batch,)`, and returns `{task name: (batch,)}`: a probability for binary tasks, a regression
+task's value in the label's own unit (a `log1p` label transform is inverted here), and with ESMM
+also the pCTCVR output. Gate weights are diagnostics and stay out of the signature.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import tf_keras as keras
 
 from multitower.config import Config
 from multitower.records import feature_dtype
+from trainer.losses import invert_output
 
 
 def versions(model_base: str) -> list[int]:
@@ -31,10 +34,17 @@ def serving_function(model: keras.Model, config: Config) -> tf.types.experimenta
         for f in config.data.features
     }
 
+    served = {t.name: t.label_transform for t in config.data.tasks}
+    if config.model.heads == "esmm":
+        served[config.model.esmm.ctcvr_name] = "none"
+
     @tf.function(input_signature=[specs])
     def serve(features):
         outputs = model(features, training=False)
-        return {t.name: tf.squeeze(outputs[t.name], axis=-1) for t in config.data.tasks}
+        return {
+            name: invert_output(tf.squeeze(outputs[name], axis=-1), transform)
+            for name, transform in served.items()
+        }
 
     return serve.get_concrete_function()
 

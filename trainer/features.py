@@ -100,7 +100,10 @@ def raw_inputs(data: DataConfig) -> dict[str, keras.Input]:
 
 
 def feature_vector(
-    inputs: dict[str, tf.Tensor], data: DataConfig, normalization: dict[str, dict[str, float]]
+    inputs: dict[str, tf.Tensor],
+    data: DataConfig,
+    normalization: dict[str, dict[str, float]],
+    prefix: str = "",
 ) -> tf.Tensor:
     """Concatenates every categorical embedding and the standardized numeric columns.
 
@@ -108,12 +111,16 @@ def feature_vector(
       inputs: raw feature tensors of shape `(batch,)`, keyed by log name.
       data: the data part of the config.
       normalization: `{numeric feature: {"mean": m, "std": s}}` from the first trained day.
+      prefix: prepended to layer names, so that several sets of embeddings can coexist (the
+        single-task baseline gives every task its own).
 
     Returns:
       A float32 tensor of shape `(batch, sum(embedding_dim) + number of numeric features)`.
     """
     parts = [
-        HashedEmbedding(f.hash_buckets, f.embedding_dim, name=f"embed_{f.name}")(inputs[f.name])
+        HashedEmbedding(f.hash_buckets, f.embedding_dim, name=f"{prefix}embed_{f.name}")(
+            inputs[f.name]
+        )
         for f in data.categorical
     ]
     if data.numeric:
@@ -126,9 +133,9 @@ def feature_vector(
             Standardize(
                 [normalization[f.name]["mean"] for f in data.numeric],
                 [normalization[f.name]["std"] for f in data.numeric],
-                name="standardize",
+                name=f"{prefix}standardize",
             )(numeric)
         )
     if len(parts) == 1:
         return parts[0]
-    return keras.layers.Concatenate(name="features")(parts)
+    return keras.layers.Concatenate(name=f"{prefix}features")(parts)

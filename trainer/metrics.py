@@ -28,3 +28,21 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
 def rmse(labels: np.ndarray, predictions: np.ndarray) -> float:
     diff = np.asarray(predictions, dtype=np.float64) - np.asarray(labels, dtype=np.float64)
     return float(np.sqrt(np.mean(diff**2)))
+
+
+def mae(labels: np.ndarray, predictions: np.ndarray) -> float:
+    diff = np.asarray(predictions, dtype=np.float64) - np.asarray(labels, dtype=np.float64)
+    return float(np.mean(np.abs(diff)))
+
+
+def logloss(labels: np.ndarray, probabilities: np.ndarray, eps: float = 1e-7) -> float:
+    """Mean binary cross-entropy, probabilities clipped to [eps, 1 - eps]."""
+    y = np.asarray(labels, dtype=np.float64)
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), eps, 1 - eps)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def calibration(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """Mean prediction over mean label: 1.0 is calibrated, above 1 over-predicts."""
+    positive_rate = float(np.mean(labels))
+    return float(np.mean(probabilities)) / positive_rate if positive_rate > 0 else float("nan")

@@ -1,40 +1,142 @@
 """A model is a backbone plus heads, built from the config as one functional tf-keras model.
 
 Inputs: raw features keyed by their log names (see `trainer.features.raw_inputs`).
-Outputs: `{task name: (batch, 1)}`: a probability for binary tasks, a value for regression.
-Each tower layer is named after its task, so Keras logs `click_auc`, `watch_time_rmse`, ...
+Outputs: `{task name: (batch, 1)}` (a probability for binary tasks; a regression task's value in
+its training unit, e.g. log1p seconds), with ESMM also `{ctcvr_name: (batch, 1)}`, and the
+backbone's gate weights as `{"gate/<gate name>": (batch, experts)}` for diagnostics.
+
+`MultiTaskModel.train_step` computes one loss per term (see `trainer.losses`), lets the
+configured balancer turn them into gradients, and logs the task weights and gate means.
 """
 
 from __future__ import annotations
 
+import tensorflow as tf
 import tf_keras as keras
 
 from multitower.config import Config
-from trainer.backbones import MMoE
+from trainer.backbones import build_backbone
+from trainer.balancing import Balancer, make_balancer
 from trainer.features import feature_vector, raw_inputs
-from trainer.heads import TaskTower
+from trainer.heads import build_heads
+from trainer.losses import LossTerm, invert_output, loss_terms, term_label, term_losses
 
 Normalization = dict[str, dict[str, float]]
+GATE_PREFIX = "gate/"
 
 
-def build_model(config: Config, normalization: Normalization) -> keras.Model:
-    """Builds the (uncompiled) model; `normalization` holds the first day's numeric stats."""
+class MultiTaskModel(keras.Model):
+    """The functional model with a multi-task `train_step`; see the module docstring."""
+
+    def configure(self, config: Config, balancer: Balancer, gate_names: list[str]) -> None:
+        """Attaches losses, balancer and metrics; call inside the strategy scope."""
+        self.terms: list[LossTerm] = loss_terms(config)
+        # Not tracked as a Keras attribute: its variables (uncertainty's log-variances, GradNorm's
+        # state) would join the model's weights and the SavedModel. The checkpoint holds it.
+        self._self_setattr_tracking = False
+        self.balancer = balancer
+        self._self_setattr_tracking = True
+        self.esmm = config.model.esmm if config.model.heads == "esmm" else None
+        tower_vars = set()
+        for task in config.data.tasks:
+            tower_vars |= {v.ref() for v in self.get_layer(task.name).trainable_variables}
+        self._shared = [v.ref() not in tower_vars for v in self.trainable_variables]
+        backbone = self.get_layer("backbone")
+        self._last_shared = list(backbone.last_shared_variables())
+        self._loss = keras.metrics.Mean(name="loss")
+        self._term_metrics: dict[str, list[keras.metrics.Metric]] = {}
+        for term in self.terms:
+            kept = [keras.metrics.Mean(name=f"{term.name}_loss")]
+            if term.kind == "binary":
+                kept.append(keras.metrics.AUC(num_thresholds=1000, name=f"{term.name}_auc"))
+            else:
+                kept.append(keras.metrics.RootMeanSquaredError(name=f"{term.name}_rmse"))
+            self._term_metrics[term.name] = kept
+        if self.esmm is not None:  # pCVR judged where it is observable: on clicked rows
+            self._cvr_auc = keras.metrics.AUC(
+                num_thresholds=1000, name=f"{self.esmm.cvr_task}_auc_clicked"
+            )
+        self._gate_means = {g: keras.metrics.MeanTensor(name=g) for g in gate_names}
+
+    @property
+    def metrics(self) -> list[keras.metrics.Metric]:
+        found = [self._loss] + [m for ms in self._term_metrics.values() for m in ms]
+        if self.esmm is not None:
+            found.append(self._cvr_auc)
+        return found + list(self._gate_means.values())
+
+    def _update_metrics(self, labels, outputs, losses, total) -> dict[str, tf.Tensor]:
+        self._loss.update_state(total)
+        for term in self.terms:
+            mean_loss, quality = self._term_metrics[term.name]
+            mean_loss.update_state(losses[term.name])
+            y, mask = term_label(term, labels)
+            prediction = outputs[term.output]
+            if term.kind != "binary":  # judged in the label's own unit, as served
+                y = invert_output(y, term.transform)
+                prediction = invert_output(prediction, term.transform)
+            quality.update_state(y, prediction, sample_weight=mask)
+        if self.esmm is not None:
+            clicked = tf.where(tf.math.is_nan(labels[self.esmm.ctr_task]), 0.0,
+                               labels[self.esmm.ctr_task])
+            conversion = labels[self.esmm.cvr_task]
+            present = tf.cast(tf.logical_not(tf.math.is_nan(conversion)), tf.float32)
+            self._cvr_auc.update_state(
+                tf.where(present > 0, conversion, 0.0), outputs[self.esmm.cvr_task],
+                sample_weight=clicked * present,
+            )
+        for name, metric in self._gate_means.items():
+            metric.update_state(tf.reduce_mean(outputs[name], axis=0))
+        logs = {m.name: m.result() for m in self.metrics if m.name not in self._gate_means}
+        for name, metric in self._gate_means.items():
+            means = metric.result()
+            for k in range(means.shape[0]):
+                logs[f"{name}/expert{k}"] = means[k]
+        for term, weight in self.balancer.weights().items():
+            logs[f"weight/{term}"] = weight
+        return logs
+
+    def train_step(self, data):
+        features, labels = data
+        with tf.GradientTape(persistent=True) as tape:
+            outputs = self(features, training=True)
+            losses = term_losses(self.terms, labels, outputs)
+        variables = self.trainable_variables
+        total, grads = self.balancer.gradients(
+            tape, losses, variables, self._shared, self._last_shared
+        )
+        del tape
+        extra = self.balancer.trainable_weights()
+        self.optimizer.apply_gradients(zip(grads, variables + extra, strict=True))
+        return self._update_metrics(labels, outputs, losses, total)
+
+    def test_step(self, data):
+        features, labels = data
+        outputs = self(features, training=False)
+        losses = term_losses(self.terms, labels, outputs)
+        total = tf.add_n([t.weight * losses[t.name] for t in self.terms])
+        return self._update_metrics(labels, outputs, losses, total)
+
+
+def build_model(config: Config, normalization: Normalization) -> MultiTaskModel:
+    """Builds the model and its balancer (call inside the strategy scope); uncompiled."""
     data, spec = config.data, config.model
     inputs = raw_inputs(data)
-    x = feature_vector(inputs, data, normalization)
-    if spec.backbone != "mmoe":  # the config's Literal forbids it; guard against drift.
-        raise ValueError(f"unknown backbone {spec.backbone!r}")
-    per_task = MMoE(
-        num_tasks=len(data.tasks),
-        num_experts=spec.mmoe.num_experts,
-        expert_units=spec.mmoe.expert_units,
-        name="mmoe",
-    )(x)
-    outputs = {
-        task.name: TaskTower(spec.tower_units, task.type, name=task.name)(h)
-        for task, h in zip(data.tasks, per_task, strict=True)
-    }
-    return keras.Model(inputs=inputs, outputs=outputs, name=spec.name)
+    names = [t.name for t in data.tasks]
+    backbone = build_backbone(spec, names, name="backbone")
+    if spec.backbone == "single_task":  # a true baseline: no embedding is shared either
+        x = [feature_vector(inputs, data, normalization, prefix=f"{n}_") for n in names]
+    else:
+        x = feature_vector(inputs, data, normalization)
+    per_task, gates = backbone(x, return_gates=True)
+    outputs = build_heads(config, per_task)
+    gate_names = [f"{GATE_PREFIX}{name}" for name in gates]
+    outputs.update(dict(zip(gate_names, gates.values(), strict=True)))
+    model = MultiTaskModel(inputs=inputs, outputs=outputs, name=spec.name)
+    weights = {t.name: t.weight for t in loss_terms(config)}
+    balancer = make_balancer(config.train.loss_balancing, list(weights), weights, config.train)
+    model.configure(config, balancer, gate_names)
+    return model
 
 
 def make_optimizer(config: Config) -> keras.optimizers.Optimizer:
@@ -46,20 +148,9 @@ def make_optimizer(config: Config) -> keras.optimizers.Optimizer:
     }[config.train.optimizer]()
 
 
-def compile_model(model: keras.Model, config: Config) -> None:
-    """Per-task losses, weights and metrics (AUC for binary, RMSE for regression)."""
-    losses, weights, metrics = {}, {}, {}
-    for task in config.data.tasks:
-        weights[task.name] = task.loss_weight
-        if task.type == "binary":
-            losses[task.name] = keras.losses.BinaryCrossentropy()
-            metrics[task.name] = [keras.metrics.AUC(name="auc", num_thresholds=1000)]
-        else:
-            losses[task.name] = keras.losses.MeanSquaredError()
-            metrics[task.name] = [keras.metrics.RootMeanSquaredError(name="rmse")]
-    model.compile(
-        optimizer=make_optimizer(config), loss=losses, loss_weights=weights, metrics=metrics
-    )
+def compile_model(model: MultiTaskModel, config: Config) -> None:
+    """The optimizer; losses and metrics are the model's own (see `MultiTaskModel`)."""
+    model.compile(optimizer=make_optimizer(config))
     # train_step already returns cluster-wide metric results; tf-keras' default "auto" reduction
     # sums them again over every replica (keras-team/keras#16664), so per-batch logs under
     # MultiWorkerMirroredStrategy showed AUC 1.36 with two workers. "first" reports them as is.

@@ -22,7 +22,7 @@ from pipeline.manifest import day_dir, read_manifest
 from trainer.data import make_dataset
 from trainer.export import export_saved_model, versions
 from trainer.model import build_model, compile_model
-from trainer.progress import ProgressLogger
+from trainer.progress import BalancerEpochEnd, ProgressLogger
 from trainer.state import TrainedDay, TrainState, load_state, save_state
 from trainer.strategy import make_strategy, task_info
 
@@ -101,8 +101,11 @@ def train_day(
     with strategy.scope():
         model = build_model(config, normalization)
         compile_model(model, config)
-        model.optimizer.build(model.trainable_variables)  # slots exist before restoring
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+        # slots exist before restoring, so that they are restored too
+        model.optimizer.build(model.trainable_variables + model.balancer.trainable_weights())
+    checkpoint = tf.train.Checkpoint(
+        model=model, optimizer=model.optimizer, balancer=model.balancer
+    )
     restored = _restore(checkpoint, model_dir)
     first_step = int(model.optimizer.iterations.numpy())
     log.info(
@@ -121,7 +124,14 @@ def train_day(
         )
 
     started = time.perf_counter()
-    callbacks = [ProgressLogger(date, steps, batch, first_step)] if info.is_chief else []
+    callbacks: list[keras.callbacks.Callback] = [BalancerEpochEnd(model)]
+    if info.is_chief:
+        callbacks += [
+            ProgressLogger(date, steps, batch, first_step),
+            # one TensorBoard step per day: losses, metrics, task weights, gate means
+            keras.callbacks.TensorBoard(os.path.join(model_dir, "tensorboard"),
+                                        write_graph=False, update_freq="epoch"),
+        ]
     history = model.fit(
         keras.utils.experimental.DatasetCreator(dataset_fn),
         epochs=1, steps_per_epoch=steps, verbose=0, callbacks=callbacks,
@@ -137,12 +147,15 @@ def train_day(
     if not info.is_chief:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
 
-    weights = model.get_weights()
+    # Every worker reads (a read of a synced variable can be a collective). Layers are matched by
+    # position: both models are built by the same code, but auto-named layers differ in name.
+    weights = [layer.get_weights() for layer in model.layers]
     version = export_path = None
     if info.is_chief:
         # Exporting the distributed model would need every worker; a plain copy needs none.
         copy = build_model(config, normalization)
-        copy.set_weights(weights)
+        for layer, values in zip(copy.layers, weights, strict=True):
+            layer.set_weights(values)
         base = os.path.join(config.train.export_dir, config.model.name)
         known = (state.days[-1].version if state and state.days else 0)
         version = max([known, *versions(base)]) + 1

@@ -50,4 +50,25 @@ def test_no_rows_gives_empty_statistics(data_config):
     assert out["rows"] == {"read": 0, "written": 0, "rejected": 0}
     assert out["numeric"]["item_price"] == {"count": 0, "mean": None, "std": None, "min": None,
                                             "max": None}
-    assert out["labels"]["click"] == {"mean": None}
+    assert out["labels"]["click"] == {"mean": None, "count": 0}
+
+
+def test_missing_optional_labels_are_left_out_of_the_label_mean(example_raw):
+    import copy
+
+    import apache_beam as beam
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from multitower.config import parse_config
+    from pipeline.stats import READ, VALID, ComputeStats
+
+    raw = copy.deepcopy(example_raw)
+    raw["data"]["tasks"][2]["optional"] = True
+    data = parse_config(raw).data
+    base = {f.name: 1 for f in data.features} | {"click": 1.0, "conversion": 0.0}
+    rows = [base | {"watch_time": 4.0}, base | {"watch_time": None}, base | {"watch_time": 8.0}]
+    with beam.Pipeline() as p:
+        stats = {READ: p | "r" >> beam.Create([b"x"] * 3), VALID: p | "v" >> beam.Create(rows),
+                 "rejected": p | "j" >> beam.Create([])} | ComputeStats(data)
+        summary = stats | beam.Map(lambda s: (s["rows"]["written"], s["labels"]["watch_time"]))
+        assert_that(summary, equal_to([(3, {"mean": 6.0, "count": 2})]))

@@ -100,3 +100,27 @@ def test_parse_line(data_config):
 )
 def test_reason_category(reason, category):
     assert reason_category(reason) == category
+
+
+def test_optional_label_may_be_missing_or_null_but_not_wrong(example_raw):
+    import copy
+
+    import numpy as np
+    import tensorflow as tf
+
+    from multitower.config import parse_config
+    from multitower.records import encode_example, parse_spec
+
+    raw = copy.deepcopy(example_raw)
+    raw["data"]["tasks"][2]["optional"] = True  # watch_time
+    data = parse_config(raw).data
+    for row in (_with(watch_time=_DROP), _with(watch_time=None)):
+        clean, reason = validate_row(row, data)
+        assert reason is None and clean["watch_time"] is None
+    assert validate_row(_with(watch_time="long"), data)[1].startswith("field 'watch_time'")
+    assert validate_row(_with(click=_DROP), data)[1] == "missing field 'click'"  # not optional
+    # the missing label is left out of the Example and parses back as NaN
+    clean, _ = validate_row(_with(watch_time=None), data)
+    parsed = tf.io.parse_example([encode_example(clean, data)], parse_spec(data))
+    assert np.isnan(parsed["watch_time"].numpy()[0]) and parsed["click"].numpy()[0] == 1.0
+    assert data.schema_fingerprint() != parse_config(example_raw).data.schema_fingerprint()

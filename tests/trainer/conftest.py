@@ -35,14 +35,24 @@ def small_project(tmp_path_factory) -> dict:
     return {"root": root, "config_path": str(path), "config": config, "manifests": manifests}
 
 
-def config_in(small_project: dict, folder: Path, **model_overrides) -> Path:
-    """A copy of the small project's config that trains into `folder` (data stays shared)."""
+def config_in(
+    small_project: dict, folder: Path, train: dict | None = None,
+    tasks: dict[str, dict] | None = None, **model_overrides,
+) -> Path:
+    """A copy of the small project's config that trains into `folder` (data stays shared).
+
+    `train` updates the train section, `tasks` updates tasks by name, the rest the model section.
+    """
     raw = yaml.safe_load(Path(small_project["config_path"]).read_text())
+    raw["train"].update(train or {})
+    for task in raw["data"]["tasks"]:
+        task.update((tasks or {}).get(task["name"], {}))
     base = Path(small_project["config_path"]).parent
     for key in ("logs", "tfrecords", "rejected"):
         raw["data"][key] = str(base / raw["data"][key])
     raw["train"].update(model_dir=str(folder / "model"), export_dir=str(folder / "export"))
     raw["model"].update(model_overrides)
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path

@@ -12,3 +12,11 @@ def test_auc_by_hand_with_ties():
 
 def test_rmse_by_hand():
     assert rmse([1.0, 2.0], [2.0, 4.0]) == np.sqrt((1 + 4) / 2)
+
+
+def test_mae_logloss_and_calibration_by_hand():
+    from trainer.metrics import calibration, logloss, mae
+
+    assert mae([1.0, 2.0], [2.0, 4.0]) == 1.5
+    assert np.isclose(logloss([1, 0], [0.8, 0.25]), -(np.log(0.8) + np.log(0.75)) / 2)
+    assert calibration([1, 0, 0, 0], [0.5, 0.5, 0.5, 0.5]) == 2.0  # predicts 0.5, rate 0.25

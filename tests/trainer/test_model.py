@@ -38,14 +38,18 @@ def test_model_builds_from_config_and_learns_a_few_steps():
     normalization["item_price"] = {"mean": 20.0, "std": 5.0}
     model = build_model(config, normalization)
     compile_model(model, config)
-    assert model.output_names == ["click", "conversion", "watch_time"]
     assert {i.name: i.dtype for i in model.inputs}["hour"] == tf.int64
 
     features, labels = _batch(512, np.random.default_rng(0))
     history = model.fit(features, labels, batch_size=64, epochs=4, verbose=0)
     losses = history.history["click_loss"]
     assert losses[-1] < 0.5 * losses[0]
+    assert history.history["weight/click"][-1] == 1.0  # fixed balancing: the configured weight
+    gates = [k for k in history.history if k.startswith("gate/click/expert")]
+    assert len(gates) == 2  # one mean weight per expert of the click gate
     out = model.predict(features, verbose=0)
+    assert set(out) == {"click", "conversion", "watch_time", "gate/click", "gate/conversion",
+                        "gate/watch_time"}
     assert out["click"].shape == (512, 1)
     assert np.all((out["click"] > 0) & (out["click"] < 1))
     assert out["click"][labels["click"][:, 0] == 1].mean() > 0.8

@@ -1,0 +1,131 @@
+"""Evaluate the latest checkpoint on one day: per-task quality and what the gates do.
+
+Per binary task: AUC, log loss and calibration (mean prediction / mean label). Per regression
+task: RMSE and MAE in the label's own unit. With ESMM also pCVR AUC on clicked rows and pCTCVR
+AUC on all rows. Per gate: the mean weight of each expert, and a warning when the gate has
+collapsed (one expert takes nearly all the weight on most examples).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from multitower.config import Config
+from pipeline.manifest import day_dir, read_manifest
+from trainer.data import make_dataset
+from trainer.losses import invert_output
+from trainer.metrics import auc, calibration, logloss, mae, rmse
+from trainer.model import GATE_PREFIX, build_model
+from trainer.state import load_state
+from trainer.train import CHECKPOINTS, TrainingError
+
+log = logging.getLogger("multitower.trainer")
+COLLAPSE_WEIGHT = 0.95  # an expert this dominant on an example...
+COLLAPSE_SHARE = 0.8  # ...on this share of the examples means the gate has collapsed
+
+
+def _task_metrics(config: Config, outputs: dict[str, np.ndarray], labels) -> dict[str, dict]:
+    found: dict[str, dict] = {}
+    for task in config.data.tasks:
+        y, p = labels[task.name], outputs[task.name]
+        present = ~np.isnan(y)
+        y, p = y[present], p[present]
+        if task.type == "binary":
+            found[task.name] = {"auc": auc(y, p), "logloss": logloss(y, p),
+                                "calibration": calibration(y, p), "rows": int(present.sum())}
+        else:
+            p = invert_output(tf.constant(p), task.label_transform).numpy()
+            found[task.name] = {"rmse": rmse(y, p), "mae": mae(y, p), "rows": int(present.sum())}
+    if config.model.heads == "esmm":
+        esmm = config.model.esmm
+        click, conversion = labels[esmm.ctr_task], labels[esmm.cvr_task]
+        known = ~np.isnan(click) & ~np.isnan(conversion)
+        clicked = known & (click == 1)
+        found[esmm.cvr_task]["auc_clicked"] = auc(conversion[clicked],
+                                                  outputs[esmm.cvr_task][clicked])
+        found[esmm.ctcvr_name] = {
+            "auc": auc(click[known] * conversion[known], outputs[esmm.ctcvr_name][known]),
+            "rows": int(known.sum()),
+        }
+    return found
+
+
+def gate_summary(gates: dict[str, np.ndarray]) -> dict[str, dict]:
+    """Mean weight per expert and the collapse verdict of each gate `(examples, experts)`."""
+    summary = {}
+    for name, weights in gates.items():
+        dominated = float(np.mean(weights.max(axis=1) >= COLLAPSE_WEIGHT))
+        summary[name] = {
+            "mean_weight_per_expert": [round(float(w), 4) for w in weights.mean(axis=0)],
+            "share_dominated_by_one_expert": dominated,
+            "collapsed": dominated >= COLLAPSE_SHARE,
+        }
+    return summary
+
+
+def evaluate_day(config: Config, date: str, output: str | None = None) -> dict:
+    """Scores the day's TFRecords with the latest checkpoint and writes the report as JSON.
+
+    The report goes to `output`, or `<model_dir>/eval/dt=<date>.json`.
+    """
+    manifest = read_manifest(config.data.tfrecords, date)
+    state = load_state(config.train.model_dir)
+    latest = tf.train.latest_checkpoint(os.path.join(config.train.model_dir, CHECKPOINTS))
+    if state is None or latest is None:
+        raise TrainingError(f"{config.train.model_dir} holds no trained model; train a day first")
+    model = build_model(config, state.normalization)
+    tf.train.Checkpoint(model=model).restore(latest).expect_partial()
+    files = [os.path.join(day_dir(config.data.tfrecords, date), f) for f in manifest["files"]]
+    dataset = make_dataset(files, config.data, config.train.batch_size, repeat=False,
+                           drop_remainder=False)
+    outputs: dict[str, list[np.ndarray]] = {}
+    labels: dict[str, list[np.ndarray]] = {}
+    for features, batch_labels in dataset:
+        for name, value in model(features, training=False).items():
+            outputs.setdefault(name, []).append(value.numpy())
+        for name, value in batch_labels.items():
+            labels.setdefault(name, []).append(value.numpy()[:, 0])
+    joined = {k: np.concatenate(v) for k, v in outputs.items()}
+    scores = {k: v[:, 0] for k, v in joined.items() if not k.startswith(GATE_PREFIX)}
+    gates = gate_summary({k[len(GATE_PREFIX):]: v for k, v in joined.items()
+                          if k.startswith(GATE_PREFIX)})
+    report = {
+        "date": date,
+        "checkpoint": latest,
+        "trained_through": state.last_date,
+        "rows": int(len(next(iter(scores.values())))),
+        "tasks": _task_metrics(config, scores, {k: np.concatenate(v) for k, v in labels.items()}),
+        "gates": gates,
+    }
+    path = output or os.path.join(config.train.model_dir, "eval", f"dt={date}.json")
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(json.dumps(report, indent=2))
+    report["path"] = path
+    for name, gate in gates.items():
+        if gate["collapsed"]:
+            log.warning(
+                "gate %s has collapsed: one expert takes >= %.0f%% of the weight on %.0f%% of "
+                "the examples (mean weights %s)", name, COLLAPSE_WEIGHT * 100,
+                gate["share_dominated_by_one_expert"] * 100, gate["mean_weight_per_expert"],
+            )
+    return report
+
+
+def format_report(report: dict) -> str:
+    """The evaluation summary as lines for people."""
+    lines = [f"evaluation of {report['checkpoint']} on {report['date']} ({report['rows']} rows)"]
+    for task, values in report["tasks"].items():
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in values.items() if k != "rows")
+        lines.append(f"  {task:<14} {shown}  ({values['rows']} rows)")
+    for gate, values in report["gates"].items():
+        weights = " ".join(f"{w:.3f}" for w in values["mean_weight_per_expert"])
+        flag = "  COLLAPSED" if values["collapsed"] else ""
+        lines.append(f"  gate {gate:<20} experts [{weights}]{flag}")
+    lines.append(f"  written to {report['path']}")
+    return "\n".join(lines)
