@@ -148,29 +148,27 @@ def run_synthetic(args: argparse.Namespace) -> None:
     print("(a) MMoE paper synthetic regression (Ma et al. KDD 2018, sec. 4): test MSE, mean of "
           "the two tasks")
     print(f"    d={d}, m={m}, c=1, alpha,beta ~ N(0, {args.sin_std}^2) per data set, "
-          f"eps ~ N(0, {args.noise_std}^2); {args.train_rows} train / {args.test_rows} test "
-          f"rows; {args.epochs} epochs, batch {args.batch_size}, Adam lr {args.learning_rate}; "
-          f"mean ± std over seeds {args.seeds}")
+          f"eps ~ N(0, {args.noise_std}^2); {args.train_rows} train / {args.test_rows} test rows")
+    print(f"    {args.epochs} epochs, batch {args.batch_size}, Adam lr {args.learning_rate}, "
+          f"loss MSE per task (summed); mean ± std over seeds {args.seeds}")
     described = {
         "shared_bottom": "SharedBottom [113]",
         "moe": "MoE 8 x [16], 1 gate",
         "mmoe": "MMoE 8 x [16]",
-        "ple": "PLE 2 levels, 4+2+2 x [16]",
+        "ple": "PLE 2 lvl, 4 shared+2/task x [16]",
     }
     header = f"    {'model (+ TaskTower [8] per task)':<34}{'params':>8}" + "".join(
-        f"{f'p={p:.2f}':>17}" for p in args.correlations)
+        f"{f'p={p:.2f}':>18}" for p in args.correlations)
     print(header)
     print("    " + "-" * (len(header) - 4))
     for kind in args.models:
         cells = []
         for p in args.correlations:
             values = np.array(results[(kind, p)])
-            cells.append(f"{values.mean():>9.4f} ± {values.std():.4f}")
+            cells.append(f"{values.mean():.4f} ± {values.std():.4f}")
         print(f"    {described[kind]:<34}{params[kind]:>8d}" + "".join(
-            f"{c:>17}" for c in cells))
-    floor = args.noise_std**2
-    print(f"    {'noise floor (Bayes MSE)':<34}{'':>8}"
-          + "".join(f"{floor:>9.4f}{'':>8}" for _ in args.correlations))
+            f"{c:>18}" for c in cells))
+    print(f"    noise floor (the Bayes MSE): {args.noise_std**2:.4f} at every p")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,6 +276,7 @@ def run_esmm(args: argparse.Namespace, root: Path) -> None:
                      f"({time.perf_counter() - t:.0f} s)")
     strategy = make_strategy()
     for name, config in configs.items():
+        keras.utils.set_random_seed(1000 + args.log_seed)  # the same initial draws for both
         for date in days[:2]:
             t = time.perf_counter()
             result = train_day(config, date, strategy)
@@ -318,13 +317,16 @@ def run_esmm(args: argparse.Namespace, root: Path) -> None:
     print("(b) ESMM vs a CVR tower trained on clicked rows only; both MMoE 4 x [32, 16], "
           "towers [16]")
     print(f"    logs: {args.rows_per_day} rows/day, seed {args.log_seed}, task_correlation "
-          f"{args.task_correlation}, click_bias {args.click_bias}; train days 1-2 "
-          f"(one pass each, batch {args.batch_size_logs}), score unseen day 3 via SavedModel")
+          f"{args.task_correlation}, click_bias {args.click_bias}, id hash buckets "
+          f"{args.id_buckets}")
+    print(f"    train_day on days 1-2 (one pass each, batch {args.batch_size_logs}), then the "
+          f"newest SavedModel scores unseen day 3's raw rows")
     for date, (n, clicks, conversions) in zip(days, counts, strict=True):
         print(f"    {date}: {n} impressions, click rate {clicks / n:.2%} ({clicks}), "
               f"conversions {conversions} ({conversions / max(clicks, 1):.1%} of clicks)")
-    print(f"    day 3 'would convert if clicked' labels (drawn from the true conversion "
-          f"logit): {int(would_convert.sum())} of {len(rows)}")
+    print(f"    day 3 regenerated with its truth: {len(rows)} rows, event ids and labels match "
+          f"the logs; 'would convert if clicked' (drawn from the true conversion logit): "
+          f"{int(would_convert.sum())}")
     header = (f"    {'model':<36}{'pCVR all':>12}{'pCVR click':>12}{'pCTCVR all':>12}"
               f"{'pCTR all':>12}{'mean/true':>12}{'clk m/true':>12}")
     print(header)

@@ -76,6 +76,12 @@ def test_only_the_chief_writes_exports_and_checkpoints(two_days):
     assert (export / "2" / "saved_model.pb").exists()
     ckpts = sorted(p.name for p in (two_days["folder"] / "model" / "checkpoints").iterdir())
     assert "checkpoint" in ckpts and any(n.startswith("ckpt-") for n in ckpts)
+    events = list((two_days["folder"] / "model" / "tensorboard").rglob("events.out.tfevents.*"))
+    import tensorflow as tf
+
+    tags = {v.tag for e in events for ev in tf.compat.v1.train.summary_iterator(str(e))
+            for v in ev.summary.value}
+    assert {"epoch_click_auc", "epoch_weight/click", "epoch_gate/click/expert0"} <= tags
 
 
 def test_export_loaded_fresh_reproduces_the_trained_model(two_days):
