@@ -118,9 +118,17 @@ def synthetic_model(kind: str, d: int, learning_rate: float) -> keras.Model:
     return model
 
 
+def _two_task_mse(model: keras.Model, x: np.ndarray, y1: np.ndarray, y2: np.ndarray) -> float:
+    """The mean over the two tasks of each task's mean squared error."""
+    predicted = model.predict(x, batch_size=4096, verbose=0)
+    return float(np.mean([np.mean((predicted[t][:, 0] - y) ** 2)
+                          for t, y in (("t1", y1), ("t2", y2))]))
+
+
 def run_synthetic(args: argparse.Namespace) -> None:
     d, m = 100, 10
-    results: dict[tuple[str, float], list[float]] = {}
+    results: dict[tuple[str, float], list[float]] = {}  # test MSE per seed
+    train_results: dict[tuple[str, float], list[float]] = {}
     params: dict[str, int] = {}
     started = time.perf_counter()
     for p in args.correlations:
@@ -136,10 +144,10 @@ def run_synthetic(args: argparse.Namespace) -> None:
                 params[kind] = model.count_params()
                 model.fit(x_train, {"t1": y1_train, "t2": y2_train}, batch_size=args.batch_size,
                           epochs=args.epochs, shuffle=True, verbose=0)
-                predicted = model.predict(x_test, batch_size=4096, verbose=0)
-                mse = [float(np.mean((predicted[t][:, 0] - y) ** 2))
-                       for t, y in (("t1", y1_test), ("t2", y2_test))]
-                results.setdefault((kind, p), []).append(float(np.mean(mse)))
+                results.setdefault((kind, p), []).append(
+                    _two_task_mse(model, x_test, y1_test, y2_test))
+                train_results.setdefault((kind, p), []).append(
+                    _two_task_mse(model, x_train, y1_train, y2_train))
             progress(f"(a) p={p:.2f} seed {seed}: "
                      + ", ".join(f"{k} {results[(k, p)][-1]:.4f}" for k in args.models)
                      + f"  ({time.perf_counter() - started:.0f} s)")
@@ -169,6 +177,10 @@ def run_synthetic(args: argparse.Namespace) -> None:
         print(f"    {described[kind]:<34}{params[kind]:>8d}" + "".join(
             f"{c:>18}" for c in cells))
     print(f"    noise floor (the Bayes MSE): {args.noise_std**2:.4f} at every p")
+    print("    train MSE of the same runs (mean over seeds), to show the generalization gap:")
+    for kind in args.models:
+        print(f"    {described[kind]:<34}{'':>8}" + "".join(
+            f"{np.mean(train_results[(kind, p)]):>18.4f}" for p in args.correlations))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -113,36 +113,63 @@ def preprocess(config_path, date, beam_args) -> None:
     )
 
 
+def _check_dates(ctx, param, value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    from trainer.incremental import date_range
+
+    try:
+        return date_range(value)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
+
+
 @main.command()
 @config_option
-@date_option
+@click.option("--date", callback=lambda c, p, v: v and _check_date(c, p, v),
+              help="The day to train, YYYY-MM-DD.")
+@click.option("--dates", callback=_check_dates,
+              help="Train a range day by day, A:B (both included); a checkpoint and an export "
+                   "per day.")
+@click.option("--force", is_flag=True,
+              help="Train an already trained day again, from the checkpoint taken before it.")
+@click.option("--allow-gap", is_flag=True,
+              help="Train a day that does not follow the last trained day.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
               help="Start this many trainer processes on localhost (ignored if TF_CONFIG is set).")
 @_friendly_errors
-def train(config_path, date, workers) -> None:
-    """Train one day from the latest checkpoint and export the next version."""
+def train(config_path, date, dates, force, allow_gap, workers) -> None:
+    """Train day(s) from the latest checkpoint and export the next version after each day."""
     import os
 
+    if bool(date) == bool(dates):
+        raise click.UsageError("give exactly one of --date and --dates")
+    days = dates or [date]
     config = load_config(config_path)
     if workers > 1 and not os.environ.get("TF_CONFIG"):
         from pipeline.manifest import read_manifest
         from trainer.launch import run_local_workers
 
-        read_manifest(config.data.tfrecords, date)  # fail here, not once in every worker
-
-        argv = ["-m", "multitower.cli", "train", "--config", config_path, "--date", date]
+        for day in days:
+            read_manifest(config.data.tfrecords, day)  # fail here, not once in every worker
+        argv = ["-m", "multitower.cli", "train", "--config", config_path,
+                "--dates", f"{days[0]}:{days[-1]}"]
+        argv += ["--force"] * force + ["--allow-gap"] * allow_gap
         status = run_local_workers(argv, workers)
         if status:
             raise click.ClickException(f"a trainer worker failed with exit code {status}")
         return
+    from trainer.strategy import make_strategy
     from trainer.train import train_day
 
-    result = train_day(config, date)
-    if result.export_path:
-        shown = ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()
-                          if k.endswith(("_auc", "_rmse", "_auc_clicked")))
-        click.echo(f"{date}: global step {result.global_step}, exported {result.export_path}"
-                   f" ({shown})")
+    strategy = make_strategy()
+    for day in days:
+        result = train_day(config, day, strategy, force=force, allow_gap=allow_gap)
+        if result.export_path:
+            shown = ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()
+                              if k.endswith(("_auc", "_rmse", "_auc_clicked")))
+            click.echo(f"{day}: global step {result.global_step}, exported "
+                       f"{result.export_path} ({shown})")
 
 
 @main.command()

@@ -18,11 +18,11 @@ import tensorflow as tf
 from multitower.config import Config
 from pipeline.manifest import day_dir, read_manifest
 from trainer.data import make_dataset
+from trainer.incremental import CHECKPOINTS, TrainingError
 from trainer.losses import invert_output
 from trainer.metrics import auc, calibration, logloss, mae, rmse
 from trainer.model import GATE_PREFIX, build_model
 from trainer.state import load_state
-from trainer.train import CHECKPOINTS, TrainingError
 
 log = logging.getLogger("multitower.trainer")
 COLLAPSE_WEIGHT = 0.95  # an expert this dominant on an example...
@@ -68,18 +68,9 @@ def gate_summary(gates: dict[str, np.ndarray]) -> dict[str, dict]:
     return summary
 
 
-def evaluate_day(config: Config, date: str, output: str | None = None) -> dict:
-    """Scores the day's TFRecords with the latest checkpoint and writes the report as JSON.
-
-    The report goes to `output`, or `<model_dir>/eval/dt=<date>.json`.
-    """
+def evaluate_model(config: Config, model, date: str, checkpoint: str) -> dict:
+    """Scores the day's TFRecords with `model` (outside any distribution strategy)."""
     manifest = read_manifest(config.data.tfrecords, date)
-    state = load_state(config.train.model_dir)
-    latest = tf.train.latest_checkpoint(os.path.join(config.train.model_dir, CHECKPOINTS))
-    if state is None or latest is None:
-        raise TrainingError(f"{config.train.model_dir} holds no trained model; train a day first")
-    model = build_model(config, state.normalization)
-    tf.train.Checkpoint(model=model).restore(latest).expect_partial()
     files = [os.path.join(day_dir(config.data.tfrecords, date), f) for f in manifest["files"]]
     dataset = make_dataset(files, config.data, config.train.batch_size, repeat=False,
                            drop_remainder=False)
@@ -94,19 +85,6 @@ def evaluate_day(config: Config, date: str, output: str | None = None) -> dict:
     scores = {k: v[:, 0] for k, v in joined.items() if not k.startswith(GATE_PREFIX)}
     gates = gate_summary({k[len(GATE_PREFIX):]: v for k, v in joined.items()
                           if k.startswith(GATE_PREFIX)})
-    report = {
-        "date": date,
-        "checkpoint": latest,
-        "trained_through": state.last_date,
-        "rows": int(len(next(iter(scores.values())))),
-        "tasks": _task_metrics(config, scores, {k: np.concatenate(v) for k, v in labels.items()}),
-        "gates": gates,
-    }
-    path = output or os.path.join(config.train.model_dir, "eval", f"dt={date}.json")
-    tf.io.gfile.makedirs(os.path.dirname(path))
-    with tf.io.gfile.GFile(path, "w") as f:
-        f.write(json.dumps(report, indent=2))
-    report["path"] = path
     for name, gate in gates.items():
         if gate["collapsed"]:
             log.warning(
@@ -114,6 +92,40 @@ def evaluate_day(config: Config, date: str, output: str | None = None) -> dict:
                 "the examples (mean weights %s)", name, COLLAPSE_WEIGHT * 100,
                 gate["share_dominated_by_one_expert"] * 100, gate["mean_weight_per_expert"],
             )
+    return {
+        "date": date,
+        "checkpoint": checkpoint,
+        "rows": int(len(next(iter(scores.values())))),
+        "tasks": _task_metrics(config, scores, {k: np.concatenate(v) for k, v in labels.items()}),
+        "gates": gates,
+    }
+
+
+def restore_plain_model(config: Config, normalization, checkpoint: str):
+    """The model of `checkpoint`, built outside any strategy (no collectives to read it)."""
+    model = build_model(config, normalization)
+    tf.train.Checkpoint(model=model).restore(checkpoint).expect_partial()
+    return model
+
+
+def evaluate_day(config: Config, date: str, output: str | None = None) -> dict:
+    """Scores the day with the latest checkpoint and writes the report as JSON.
+
+    The report goes to `output`, or `<model_dir>/eval/dt=<date>.json`.
+    """
+    read_manifest(config.data.tfrecords, date)  # a missing day fails before any model work
+    state = load_state(config.train.model_dir)
+    latest = tf.train.latest_checkpoint(os.path.join(config.train.model_dir, CHECKPOINTS))
+    if state is None or latest is None:
+        raise TrainingError(f"{config.train.model_dir} holds no trained model; train a day first")
+    model = restore_plain_model(config, state.normalization, latest)
+    report = evaluate_model(config, model, date, latest)
+    report["trained_through"] = state.last_date
+    path = output or os.path.join(config.train.model_dir, "eval", f"dt={date}.json")
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(json.dumps(report, indent=2))
+    report["path"] = path
     return report
 
 

@@ -21,18 +21,14 @@ from multitower.config import Config
 from pipeline.manifest import day_dir, read_manifest
 from trainer.data import make_dataset
 from trainer.export import export_saved_model, versions
+from trainer.history import append_history, numeric_drift
+from trainer.incremental import CHECKPOINTS, TrainingError, plan_day
 from trainer.model import build_model, compile_model
 from trainer.progress import BalancerEpochEnd, ProgressLogger
 from trainer.state import TrainedDay, TrainState, load_state, save_state
 from trainer.strategy import make_strategy, task_info
 
 log = logging.getLogger("multitower.trainer")
-CHECKPOINTS = "checkpoints"
-
-
-class TrainingError(RuntimeError):
-    """A day cannot be trained as asked; the message says why and what to do."""
-
 
 @dataclass
 class DayResult:
@@ -52,15 +48,27 @@ def _normalization(manifest: dict) -> dict[str, dict[str, float]]:
     }
 
 
-def _restore(checkpoint: tf.train.Checkpoint, model_dir: str) -> str | None:
-    latest = tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINTS))
-    if latest:
-        checkpoint.restore(latest).assert_existing_objects_matched()
-    return latest
+def _progressive_validation(config, date, start, normalization, manifest) -> None:
+    """Scores the model as it stands on the day it is about to train on (chief only)."""
+    from trainer.evaluate import evaluate_model, restore_plain_model
+
+    model = restore_plain_model(config, normalization, start.checkpoint)
+    report = evaluate_model(config, model, date, start.checkpoint)
+    record = {
+        "date": date, "kind": "progressive_validation",
+        "global_step": start.state.global_step, "trained_through": start.state.last_date,
+        "tasks": report["tasks"], "gates": report["gates"],
+        "drift": numeric_drift(normalization, manifest),
+    }
+    append_history(config.train.model_dir, record)
+    shown = ", ".join(f"{task} auc {v['auc']:.4f}" for task, v in report["tasks"].items()
+                      if "auc" in v)
+    log.info("progressive validation on %s before training it: %s", date, shown or "done")
 
 
 def train_day(
-    config: Config, date: str, strategy: tf.distribute.Strategy | None = None
+    config: Config, date: str, strategy: tf.distribute.Strategy | None = None,
+    force: bool = False, allow_gap: bool = False,
 ) -> DayResult:
     """Trains `config`'s model on one preprocessed day and exports the next version.
 
@@ -68,6 +76,8 @@ def train_day(
       config: the loaded config.
       date: `YYYY-MM-DD`; its TFRecord partition must be complete (have `_MANIFEST.json`).
       strategy: reuse a strategy made by `make_strategy()` (one per process); made if None.
+      force: train a day again that was already trained, from the checkpoint before it.
+      allow_gap: train a day that does not follow the last trained day.
 
     Returns:
       What was trained, with the model (still under the strategy).
@@ -96,7 +106,11 @@ def train_day(
             f"{model_dir} holds a model for data schema {state.schema_fingerprint}, but the "
             f"config's schema is {fingerprint}; use a new train.model_dir for a new schema"
         )
+    start = plan_day(state, date, model_dir, force=force, allow_gap=allow_gap)
+    state = start.state
     normalization = state.normalization if state else _normalization(manifest)
+    if info.is_chief and start.checkpoint:
+        _progressive_validation(config, date, start, normalization, manifest)
 
     with strategy.scope():
         model = build_model(config, normalization)
@@ -106,7 +120,9 @@ def train_day(
     checkpoint = tf.train.Checkpoint(
         model=model, optimizer=model.optimizer, balancer=model.balancer
     )
-    restored = _restore(checkpoint, model_dir)
+    restored = start.checkpoint
+    if restored:
+        checkpoint.restore(restored).assert_existing_objects_matched()
     first_step = int(model.optimizer.iterations.numpy())
     log.info(
         "training day %s: %d rows, %d steps of %d on %d worker(s), %s",
@@ -142,7 +158,8 @@ def train_day(
 
     # Every worker saves (a collective); only the chief's copy lands in model_dir.
     ckpt_dir = os.path.join(model_dir, CHECKPOINTS) if info.is_chief else tempfile.mkdtemp()
-    manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=10)
+    # One checkpoint per day; --force can restart any of the last 30 days.
+    manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=30)
     manager.save(checkpoint_number=global_step)
     if not info.is_chief:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
