@@ -220,6 +220,8 @@ class TrainConfig(_Strict):
     model_dir: str
     export_dir: str
     loss_balancing: Literal["fixed", "uncertainty", "gradnorm", "dwa", "pcgrad"] = "fixed"
+    # Mid-day backups: a relaunch after a failure resumes at the last one (0: none).
+    backup_every_steps: Annotated[int, Field(ge=0)] = 100
     gradnorm: GradNormConfig = GradNormConfig()
     dwa: DWAConfig = DWAConfig()
 

@@ -17,6 +17,7 @@ def make_dataset(
     seed: int = 0,
     repeat: bool = True,
     drop_remainder: bool = True,
+    skip_batches: int = 0,
 ) -> tf.data.Dataset:
     """Batches of `(raw features, labels)` from GZIP TFRecords.
 
@@ -31,6 +32,8 @@ def make_dataset(
       repeat: repeat forever; training then runs a fixed number of steps on every worker, which
         keeps the workers' collectives in step even when their shards differ in size.
       drop_remainder: drop a last partial batch (training); keep it to evaluate every row.
+      skip_batches: batches already trained on (a run resumed from a mid-day backup): the
+        stream is deterministic for a seed, so skipping them resumes exactly where it stopped.
 
     Returns:
       A dataset of `({feature: (b,)}, {task: (b, 1)})` with `b` the per-replica batch size.
@@ -65,6 +68,8 @@ def make_dataset(
         return features, {name: tf.expand_dims(y, -1) for name, y in labels.items()}
 
     ds = ds.batch(batch, drop_remainder=drop_remainder)
+    if skip_batches:
+        ds = ds.skip(skip_batches)
     ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
     options = tf.data.Options()
     # Sharding is done above, per file; the strategy must not shard again.

@@ -30,12 +30,19 @@ class MultiTaskModel(keras.Model):
 
     def configure(self, config: Config, balancer: Balancer, gate_names: list[str]) -> None:
         """Attaches losses, balancer and metrics; call inside the strategy scope."""
-        self.terms: list[LossTerm] = loss_terms(config)
-        # Not tracked as a Keras attribute: its variables (uncertainty's log-variances, GradNorm's
-        # state) would join the model's weights and the SavedModel. The checkpoint holds it.
+        # Nothing set here is tracked as a Keras attribute: the balancer's variables
+        # (uncertainty's log-variances, GradNorm's state) and the metrics' running sums would
+        # otherwise join the model's weights and the SavedModel. The checkpoint holds the
+        # balancer explicitly; metric state is per day and never restored.
         self._self_setattr_tracking = False
+        try:
+            self._configure(config, balancer, gate_names)
+        finally:
+            self._self_setattr_tracking = True
+
+    def _configure(self, config: Config, balancer: Balancer, gate_names: list[str]) -> None:
+        self.terms: list[LossTerm] = loss_terms(config)
         self.balancer = balancer
-        self._self_setattr_tracking = True
         self.esmm = config.model.esmm if config.model.heads == "esmm" else None
         tower_vars = set()
         for task in config.data.tasks:

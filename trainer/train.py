@@ -19,6 +19,7 @@ import tf_keras as keras
 
 from multitower.config import Config
 from pipeline.manifest import day_dir, read_manifest
+from trainer.backup import MidDayBackup, backup_dir, latest_backup, remove_backups
 from trainer.data import make_dataset
 from trainer.export import export_saved_model, versions
 from trainer.history import append_history, numeric_drift
@@ -69,6 +70,7 @@ def _progressive_validation(config, date, start, normalization, manifest) -> Non
 def train_day(
     config: Config, date: str, strategy: tf.distribute.Strategy | None = None,
     force: bool = False, allow_gap: bool = False,
+    callbacks: list[keras.callbacks.Callback] | None = None,
 ) -> DayResult:
     """Trains `config`'s model on one preprocessed day and exports the next version.
 
@@ -78,6 +80,7 @@ def train_day(
       strategy: reuse a strategy made by `make_strategy()` (one per process); made if None.
       force: train a day again that was already trained, from the checkpoint before it.
       allow_gap: train a day that does not follow the last trained day.
+      callbacks: extra Keras callbacks for the day's `fit` (every worker's).
 
     Returns:
       What was trained, with the model (still under the strategy).
@@ -109,9 +112,15 @@ def train_day(
     start = plan_day(state, date, model_dir, force=force, allow_gap=allow_gap)
     state = start.state
     normalization = state.normalization if state else _normalization(manifest)
-    if info.is_chief and start.checkpoint:
+    day_start = state.global_step if state else 0
+    backups = backup_dir(model_dir, date, day_start)
+    resume = latest_backup(backups)  # a relaunch after a failure part-way through this day
+    if info.is_chief and start.checkpoint and not resume:
         _progressive_validation(config, date, start, normalization, manifest)
 
+    # A new model starts from the same weights on every run of the same config (reproducible
+    # runs; a relaunch after a failure resumes onto the very run it interrupted).
+    keras.utils.set_random_seed(config.train.seed)
     with strategy.scope():
         model = build_model(config, normalization)
         compile_model(model, config)
@@ -120,14 +129,16 @@ def train_day(
     checkpoint = tf.train.Checkpoint(
         model=model, optimizer=model.optimizer, balancer=model.balancer
     )
-    restored = start.checkpoint
+    restored = resume or start.checkpoint
     if restored:
         checkpoint.restore(restored).assert_existing_objects_matched()
     first_step = int(model.optimizer.iterations.numpy())
+    done = first_step - day_start  # steps of this day already trained before a failure
     log.info(
         "training day %s: %d rows, %d steps of %d on %d worker(s), %s",
         date, rows, steps, batch, info.num_workers,
-        f"warm start from {restored} (step {first_step})" if restored else "new model",
+        f"resuming from the backup {resume} ({done} steps done)" if resume
+        else f"warm start from {restored} (step {first_step})" if restored else "new model",
     )
 
     files = [os.path.join(day_dir(config.data.tfrecords, date), f) for f in manifest["files"]]
@@ -137,23 +148,29 @@ def train_day(
             files, config.data, batch, context,
             shuffle_buffer=config.train.shuffle_buffer,
             seed=config.train.seed + len(state.days if state else []),
+            skip_batches=done,
         )
 
     started = time.perf_counter()
-    callbacks: list[keras.callbacks.Callback] = [BalancerEpochEnd(model)]
+    callbacks = [BalancerEpochEnd(model), *(callbacks or [])]
+    if config.train.backup_every_steps:
+        callbacks.append(MidDayBackup(checkpoint, backups, config.train.backup_every_steps,
+                                      info.is_chief, first_step))
     if info.is_chief:
         callbacks += [
-            ProgressLogger(date, steps, batch, first_step),
+            ProgressLogger(date, steps - done, batch, first_step),
             # one TensorBoard step per day: losses, metrics, task weights, gate means
             keras.callbacks.TensorBoard(os.path.join(model_dir, "tensorboard"),
                                         write_graph=False, update_freq="epoch"),
         ]
-    history = model.fit(
-        keras.utils.experimental.DatasetCreator(dataset_fn),
-        epochs=1, steps_per_epoch=steps, verbose=0, callbacks=callbacks,
-    )
+    metrics: dict[str, float] = {}
+    if steps > done:  # a failure after the last step but before the export leaves none to do
+        history = model.fit(
+            keras.utils.experimental.DatasetCreator(dataset_fn),
+            epochs=1, steps_per_epoch=steps - done, verbose=0, callbacks=callbacks,
+        )
+        metrics = {k: float(v[-1]) for k, v in history.history.items()}
     seconds = time.perf_counter() - started
-    metrics = {k: float(v[-1]) for k, v in history.history.items()}
     global_step = int(model.optimizer.iterations.numpy())
 
     # Every worker saves (a collective); only the chief's copy lands in model_dir.
@@ -182,9 +199,10 @@ def train_day(
         save_state(model_dir, state)
         with tf.io.gfile.GFile(os.path.join(model_dir, "config.yaml"), "w") as f:
             f.write(config.to_yaml())
+        remove_backups(model_dir, date)
     log.info(
         "trained day %s: %d steps in %.1f s (%.0f ex/s), global step %d%s",
-        date, steps, seconds, steps * batch / max(seconds, 1e-9), global_step,
+        date, steps - done, seconds, (steps - done) * batch / max(seconds, 1e-9), global_step,
         f", exported {export_path}" if export_path else "",
     )
     return DayResult(date, steps, global_step, version, export_path, metrics, model)

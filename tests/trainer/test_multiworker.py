@@ -1,5 +1,5 @@
-"""Two trainer processes on localhost under MultiWorkerMirroredStrategy, two days in a row, and
-the exported SavedModel scored in a fresh process."""
+"""Two trainer processes on localhost under MultiWorkerMirroredStrategy: two days in a row, the
+exported SavedModel scored in a fresh process, and a worker killed mid-day then relaunched."""
 
 import json
 import os
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.trainer.conftest import BATCH, DAYS, config_in
-from trainer.launch import run_local_workers
+from trainer.launch import cluster_env, free_ports, run_local_workers
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 WORKER = str(Path(__file__).with_name("worker_main.py"))
@@ -99,3 +99,31 @@ def test_export_loaded_fresh_reproduces_the_trained_model(two_days):
         np.testing.assert_allclose(served, two_days["day2"][0][f"pred_{task}"], atol=1e-5)
     click = np.array([p["click"] for p in predictions])
     assert np.all((click > 0) & (click < 1))
+
+
+def test_killed_worker_then_relaunch_matches_the_uninterrupted_run(two_days, small_project,
+                                                                   tmp_path):
+    # The same config as the uninterrupted day 1 above, with a backup every 3 steps.
+    broken = config_in(small_project, tmp_path, train={"backup_every_steps": 3})
+    ports = free_ports(2)
+    (tmp_path / "crash").mkdir()
+    procs = [  # first launch: worker 1 dies after step 5, once a backup was taken at step 3
+        subprocess.Popen(
+            [sys.executable, WORKER, str(broken), DAYS[0], str(tmp_path / "crash")],
+            env={**cluster_env(2, i, ports), "PYTHONPATH": REPO, "CRASH_WORKER_1_AFTER": "5"},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        for i in range(2)
+    ]
+    codes = [p.wait(timeout=300) for p in procs]  # the survivor fails by itself, no hang
+    assert codes[1] == 3 and codes[0] != 0
+    backups = [b.name for b in (tmp_path / "model" / "backup").iterdir()]
+    assert backups == [f"dt={DAYS[0]}-from-0"]
+    assert not (tmp_path / "model" / "state.json").exists()
+
+    relaunched = _train(broken, DAYS[0], tmp_path / "relaunch")  # the same command again
+    steady = two_days["day1"][0]
+    assert int(relaunched[0]["global_step"]) == int(steady["global_step"])
+    for a, b in zip(_weights(relaunched[0]), _weights(steady), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert not os.listdir(tmp_path / "model" / "backup")  # removed once the day is complete

@@ -3,6 +3,8 @@
 Usage: python worker_main.py CONFIG DATE OUT_DIR [ROWS_JSONL]
 Writes OUT_DIR/worker-<index>.npz with the model's weights and global step, and, given raw rows,
 the trained in-memory model's predictions on them (to compare with the exported SavedModel).
+With CRASH_WORKER_1_AFTER=k in the environment, worker 1 dies (os._exit) after its k-th step of
+the day, as a killed pod would.
 """
 
 # ruff: noqa: I001  (multitower must be imported before TensorFlow)
@@ -13,6 +15,7 @@ import sys
 import multitower  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 import numpy as np
 import tensorflow as tf
+import tf_keras as keras
 
 from multitower.config import load_config
 from multitower.records import feature_dtype
@@ -20,11 +23,23 @@ from trainer.strategy import make_strategy, task_info
 from trainer.train import train_day
 
 
+class CrashWorker1(keras.callbacks.Callback):
+    def __init__(self, after: int):
+        super().__init__()
+        self.after = after
+
+    def on_train_batch_end(self, batch, logs=None):
+        if task_info().task_id == 1 and batch + 1 == self.after:
+            os._exit(3)
+
+
 def main() -> None:
     config_path, date, out_dir = sys.argv[1:4]
     strategy = make_strategy()
     config = load_config(config_path)
-    result = train_day(config, date, strategy)
+    crash = os.environ.get("CRASH_WORKER_1_AFTER")
+    callbacks = [CrashWorker1(int(crash))] if crash else []
+    result = train_day(config, date, strategy, callbacks=callbacks)
     arrays = {f"w{i}": w for i, w in enumerate(result.model.get_weights())}
     arrays["global_step"] = np.array(result.global_step)
     arrays["num_replicas"] = np.array(strategy.num_replicas_in_sync)
