@@ -1,8 +1,9 @@
 """Prints model-quality figures: MMoE's synthetic tasks, and ESMM against a clicked-rows CVR tower.
 
     python benchmarks/quality.py [--parts synthetic esmm] [--seeds 0 1]
-                                 [--correlations 1.0 0.5 0.0] [--epochs 15] [--train-rows 10000]
-                                 [--rows-per-day 60000] [--click-bias -1.5] [--workdir DIR]
+                                 [--correlations 1.0 0.5 0.0] [--epochs 12] [--train-rows 10000]
+                                 [--rows-per-day 60000] [--click-bias -1.5] [--train-seeds 0]
+                                 [--workdir DIR]
 
 (a) The synthetic two-task regression of Ma et al. (KDD 2018, section 4): x ~ N(0, I_d), d=100;
     orthogonal unit vectors u1, u2; w1 = c u1, w2 = c (p u1 + sqrt(1 - p^2) u2), c = 1;
@@ -213,8 +214,13 @@ def _clicked_only_copy(logs_root: Path, out_root: Path, date: str) -> None:
         target.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode(), mtime=0))
 
 
-def _config(root: Path, name: str, logs: Path, args: argparse.Namespace, esmm: bool) -> Config:
-    """examples/impressions.yaml, cut down to click + conversion, with every path under root."""
+def _config(
+    root: Path, name: str, logs: Path, args: argparse.Namespace, esmm: bool, seed: int
+) -> Config:
+    """examples/impressions.yaml cut down to click + conversion, every path under `root`.
+
+    The TFRecords are shared by every training seed of `name`; model and exports are not.
+    """
     raw = yaml.safe_load(EXAMPLE.read_text())
     for feature in raw["data"]["features"]:
         if feature["name"] in ("user_id", "item_id"):
@@ -238,11 +244,12 @@ def _config(root: Path, name: str, logs: Path, args: argparse.Namespace, esmm: b
         **({"esmm": {"ctr_task": "click", "cvr_task": "conversion"}} if esmm else {}),
     }
     raw["train"].update({
-        "model_dir": f"{root / name}/model",
-        "export_dir": f"{root / name}/export",
+        "model_dir": f"{root / name}/seed{seed}/model",
+        "export_dir": f"{root / name}/seed{seed}/export",
         "batch_size": args.batch_size_logs,
+        "seed": seed,
     })
-    path = root / f"{name}.yaml"
+    path = root / f"{name}-seed{seed}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return load_config(path)
 
@@ -276,24 +283,23 @@ def run_esmm(args: argparse.Namespace, root: Path) -> None:
     clicked_logs = root / "logs_clicked_only"
     for date in days[:2]:
         _clicked_only_copy(logs, clicked_logs, date)
-    configs = {
-        "esmm": _config(root, "esmm", logs, args, esmm=True),
-        "cvr_clicked": _config(root, "cvr_clicked", clicked_logs, args, esmm=False),
-    }
-    for name, config in configs.items():
+    variants = {"esmm": (logs, True), "cvr_clicked": (clicked_logs, False)}
+    configs = {(name, seed): _config(root, name, source, args, esmm, seed)
+               for name, (source, esmm) in variants.items() for seed in args.train_seeds}
+    for name in variants:
         for date in days[:2]:
             t = time.perf_counter()
-            manifest = run_preprocess(config, date)
+            manifest = run_preprocess(configs[(name, args.train_seeds[0])], date)
             progress(f"(b) preprocessed {name} {date}: {manifest['rows']['written']} rows "
                      f"({time.perf_counter() - t:.0f} s)")
     strategy = make_strategy()
-    for name, config in configs.items():
-        keras.utils.set_random_seed(1000 + args.log_seed)  # the same initial draws for both
+    for (name, seed), config in configs.items():
+        keras.utils.set_random_seed(1000 + seed)  # the same initial draws for both variants
         for date in days[:2]:
             t = time.perf_counter()
             result = train_day(config, date, strategy)
-            progress(f"(b) trained {name} {date}: {result.steps} steps, export v{result.version} "
-                     f"({time.perf_counter() - t:.0f} s)")
+            progress(f"(b) trained {name} seed {seed} {date}: {result.steps} steps, export "
+                     f"v{result.version} ({time.perf_counter() - t:.0f} s)")
 
     rows = _day_rows(logs, days[2])
     table, truth = generate_day(Population(args.log_seed), days[2], args.rows_per_day,
@@ -310,20 +316,27 @@ def run_esmm(args: argparse.Namespace, root: Path) -> None:
     p_cvr_true = _sigmoid(truth["conversion_logit"])
     # Counterfactual label over every impression: would this impression convert if clicked?
     would_convert = np.random.default_rng(12345).random(len(rows)) < p_cvr_true
-    scores = {name: _score(config, rows) for name, config in configs.items()}
-    progress(f"(b) scored day {days[2]} with both exports ({time.perf_counter() - started:.0f} s "
+    scores = {key: _score(config, rows) for key, config in configs.items()}
+    progress(f"(b) scored day {days[2]} with every export ({time.perf_counter() - started:.0f} s "
              "for part b)")
 
-    def line(label: str, p_ctr: np.ndarray, p_cvr: np.ndarray, p_ctcvr: np.ndarray) -> str:
-        cells = [
+    def figures(p_ctr: np.ndarray, p_cvr: np.ndarray, p_ctcvr: np.ndarray) -> list[float]:
+        return [
             auc(would_convert, p_cvr),
             auc(conversion[click], p_cvr[click]),
             auc(click & conversion, p_ctcvr),
             auc(click, p_ctr),
+            p_cvr.mean() / p_cvr_true.mean(),
+            p_cvr[click].mean() / p_cvr_true[click].mean(),
         ]
-        ratio = p_cvr.mean() / p_cvr_true.mean()
-        return (f"    {label:<36}" + "".join(f"{c:>12.4f}" for c in cells)
-                + f"{ratio:>12.3f}{p_cvr[click].mean() / p_cvr_true[click].mean():>12.3f}")
+
+    def line(label: str, runs: list[list[float]]) -> str:
+        values = np.array(runs)
+        if len(runs) == 1:
+            return f"    {label:<34}" + "".join(f"{v:>13.4f}" for v in values[0])
+        return f"    {label:<34}" + "".join(
+            f"{f'{m:.4f}±{sd:.4f}':>13}" for m, sd in zip(values.mean(0), values.std(0),
+                                                          strict=True))
 
     print()
     print("(b) ESMM vs a CVR tower trained on clicked rows only; both MMoE 4 x [32, 16], "
@@ -332,29 +345,35 @@ def run_esmm(args: argparse.Namespace, root: Path) -> None:
           f"{args.task_correlation}, click_bias {args.click_bias}, id hash buckets "
           f"{args.id_buckets}")
     print(f"    train_day on days 1-2 (one pass each, batch {args.batch_size_logs}), then the "
-          f"newest SavedModel scores unseen day 3's raw rows")
+          "newest SavedModel scores unseen day 3's raw rows")
+    print(f"    training seeds {args.train_seeds}"
+          + (" (mean±std)" if len(args.train_seeds) > 1 else ""))
     for date, (n, clicks, conversions) in zip(days, counts, strict=True):
         print(f"    {date}: {n} impressions, click rate {clicks / n:.2%} ({clicks}), "
               f"conversions {conversions} ({conversions / max(clicks, 1):.1%} of clicks)")
     print(f"    day 3 regenerated with its truth: {len(rows)} rows, event ids and labels match "
-          f"the logs; 'would convert if clicked' (drawn from the true conversion logit): "
-          f"{int(would_convert.sum())}")
-    header = (f"    {'model':<36}{'pCVR all':>12}{'pCVR click':>12}{'pCTCVR all':>12}"
-              f"{'pCTR all':>12}{'mean/true':>12}{'clk m/true':>12}")
+          "the logs;")
+    print(f"    'would convert if clicked' drawn from the true conversion logit: "
+          f"{int(would_convert.sum())} of {len(rows)}")
+    header = (f"    {'model':<34}{'pCVR all':>13}{'pCVR click':>13}{'pCTCVR all':>13}"
+              f"{'pCTR all':>13}{'mean/true':>13}{'clk m/true':>13}")
     print(header)
     print("    " + "-" * (len(header) - 4))
-    esmm, base = scores["esmm"], scores["cvr_clicked"]
-    print(line("ESMM (pCTCVR = pCTR x pCVR)", esmm["click"], esmm["conversion"], esmm["ctcvr"]))
-    print(line("CVR tower on clicked rows only", base["click"], base["conversion"],
-               base["click"] * base["conversion"]))
-    print(line("ground truth (generator's logits)", p_ctr_true, p_cvr_true,
-               p_ctr_true * p_cvr_true))
+    esmm = [scores[("esmm", seed)] for seed in args.train_seeds]
+    base = [scores[("cvr_clicked", seed)] for seed in args.train_seeds]
+    print(line("ESMM (pCTCVR = pCTR x pCVR)",
+               [figures(s["click"], s["conversion"], s["ctcvr"]) for s in esmm]))
+    print(line("CVR tower on clicked rows only",
+               [figures(s["click"], s["conversion"], s["click"] * s["conversion"])
+                for s in base]))
+    print(line("ground truth (generator's logits)",
+               [figures(p_ctr_true, p_cvr_true, p_ctr_true * p_cvr_true)]))
     print("    pCVR all:   AUC of pCVR over every impression vs the drawn would-convert label")
     print("    pCVR click: AUC of pCVR on clicked rows vs the observed conversion")
     print("    pCTCVR all: AUC vs click x conversion on every row (the baseline's is its "
           "pCTR x pCVR)")
-    print("    mean/true:  mean pCVR over every impression / mean true P(convert | click); "
-          "clk m/true the same on clicked rows")
+    print("    mean/true:  mean pCVR over every impression / mean true P(convert | click);")
+    print("    clk m/true: the same on clicked rows only")
 
 
 def main() -> None:
@@ -368,7 +387,7 @@ def main() -> None:
                        default=list(SYNTHETIC_MODELS))
     group.add_argument("--train-rows", type=int, default=10_000)
     group.add_argument("--test-rows", type=int, default=5_000)
-    group.add_argument("--epochs", type=int, default=15)
+    group.add_argument("--epochs", type=int, default=12)
     group.add_argument("--batch-size", type=int, default=128)
     group.add_argument("--learning-rate", type=float, default=3e-3)
     group.add_argument("--sin-std", type=float, default=0.1,
@@ -382,6 +401,8 @@ def main() -> None:
     group.add_argument("--id-buckets", type=int, default=20_000,
                        help="hash buckets of user_id and item_id")
     group.add_argument("--batch-size-logs", type=int, default=512)
+    group.add_argument("--train-seeds", type=int, nargs="+", default=[0],
+                       help="train both models once per seed (init and shuffling)")
     parser.add_argument("--workdir", help="keep the generated files here (default: a temporary "
                         "folder, deleted at the end)")
     args = parser.parse_args()
