@@ -86,7 +86,7 @@ def main(verbose: bool) -> None:
 @click.option("--task-correlation", default=0.8, show_default=True,
               type=click.FloatRange(0.0, 1.0), help="How much conversion shares click's signal.")
 @click.option("--click-bias", default=0.0, show_default=True, type=float,
-              help="Added to every click logit; -1.5 gives about a 4% click rate.")
+              help="Added to every click logit; -1.5 gives about a 5.5% click rate, -2.0 about 4%.")
 def generate(out, start_date, days, rows_per_day, seed, task_correlation, click_bias) -> None:
     """Write synthetic impression logs: OUT/dt=YYYY-MM-DD/*.jsonl.gz."""
     from pipeline.generate import generate_logs

@@ -116,7 +116,7 @@ def generate_day(
         seed: The generator's seed.
         task_correlation: 1.0 gives post-click tasks the click affinity, 0.0 an independent one.
         click_bias: added to every click logit; negative values give a low click rate (-1.5
-            gives about 4%), as in ad logs where ESMM matters most.
+            gives about 5.5%, -2.0 about 4%), as in ad logs where ESMM matters most.
 
     Returns:
         The rows, sorted by timestamp, and the ground truth behind their labels as arrays aligned
