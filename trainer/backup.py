@@ -1,10 +1,13 @@
 """Mid-day backups: a worker that dies costs at most `train.backup_every_steps` steps.
 
 Every N steps every worker saves the model, optimizer and balancer (saving is a collective);
-the chief's copy goes to `model_dir/backup/dt=D-from-S/` (S: the global step the day started
-from, so a backup is only ever resumed on top of the same start), the others' to temporary
-folders. Relaunching the same command restores the newest backup, skips the batches already
-trained on and trains the rest of the day. The backup is deleted once the day is complete.
+the chief's copy goes to `model_dir/backup/dt=D-from-S-workers-N/` (S: the global step the day
+started from, N: the number of workers), the others' to temporary folders. Relaunching the same
+command restores the newest backup, skips the batches already trained on and trains the rest of
+the day. A backup is only resumed on top of the same start and by as many workers as wrote it
+(each worker's share of the data depends on the count); a relaunch with another number of
+workers restarts the day from the previous day's checkpoint. Backups are deleted once the day is
+complete.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ import tf_keras as keras
 BACKUPS = "backup"
 
 
-def backup_dir(model_dir: str, date: str, start_step: int) -> str:
-    return os.path.join(model_dir, BACKUPS, f"dt={date}-from-{start_step}")
+def backup_dir(model_dir: str, date: str, start_step: int, num_workers: int) -> str:
+    return os.path.join(model_dir, BACKUPS, f"dt={date}-from-{start_step}-workers-{num_workers}")
 
 
 class MidDayBackup(keras.callbacks.Callback):

@@ -113,7 +113,7 @@ def train_day(
     state = start.state
     normalization = state.normalization if state else _normalization(manifest)
     day_start = state.global_step if state else 0
-    backups = backup_dir(model_dir, date, day_start)
+    backups = backup_dir(model_dir, date, day_start, info.num_workers)
     resume = latest_backup(backups)  # a relaunch after a failure part-way through this day
     if info.is_chief and start.checkpoint and not resume:
         _progressive_validation(config, date, start, normalization, manifest)

@@ -118,7 +118,7 @@ def test_killed_worker_then_relaunch_matches_the_uninterrupted_run(two_days, sma
     codes = [p.wait(timeout=300) for p in procs]  # the survivor fails by itself, no hang
     assert codes[1] == 3 and codes[0] != 0
     backups = [b.name for b in (tmp_path / "model" / "backup").iterdir()]
-    assert backups == [f"dt={DAYS[0]}-from-0"]
+    assert backups == [f"dt={DAYS[0]}-from-0-workers-2"]
     assert not (tmp_path / "model" / "state.json").exists()
 
     relaunched = _train(broken, DAYS[0], tmp_path / "relaunch")  # the same command again
