@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+import tf_keras
 import yaml
 
 from multitower.config import parse_config
@@ -36,14 +37,15 @@ def test_model_builds_from_config_and_learns_a_few_steps():
     config = parse_config(raw)
     normalization = {f.name: {"mean": 0.0, "std": 1.0} for f in config.data.numeric}
     normalization["item_price"] = {"mean": 20.0, "std": 5.0}
+    tf_keras.utils.set_random_seed(0)  # the same start whatever ran before in this process
     model = build_model(config, normalization)
     compile_model(model, config)
     assert {i.name: i.dtype for i in model.inputs}["hour"] == tf.int64
 
     features, labels = _batch(512, np.random.default_rng(0))
-    history = model.fit(features, labels, batch_size=64, epochs=4, verbose=0)
+    history = model.fit(features, labels, batch_size=64, epochs=6, verbose=0)
     losses = history.history["click_loss"]
-    assert losses[-1] < 0.5 * losses[0]
+    assert losses[-1] < 0.6 * losses[0]
     assert history.history["weight/click"][-1] == 1.0  # fixed balancing: the configured weight
     gates = [k for k in history.history if k.startswith("gate/click/expert")]
     assert len(gates) == 2  # one mean weight per expert of the click gate
@@ -52,4 +54,5 @@ def test_model_builds_from_config_and_learns_a_few_steps():
                         "gate/watch_time"}
     assert out["click"].shape == (512, 1)
     assert np.all((out["click"] > 0) & (out["click"] < 1))
-    assert out["click"][labels["click"][:, 0] == 1].mean() > 0.8
+    ios = labels["click"][:, 0] == 1
+    assert out["click"][ios].mean() - out["click"][~ios].mean() > 0.5  # it learned the rule
