@@ -92,13 +92,25 @@ def elementwise_loss(term: LossTerm, y: tf.Tensor, prediction: tf.Tensor) -> tf.
     return 0.5 * tf.square(quadratic) + delta * (absolute - quadratic)
 
 
+def term_targets(
+    terms: list[LossTerm], labels: dict[str, tf.Tensor]
+) -> dict[str, tuple[tf.Tensor, tf.Tensor]]:
+    """`{term: (label, mask)}`, made once per step for the loss and the metrics alike."""
+    return {term.name: term_label(term, labels) for term in terms}
+
+
 def term_losses(
-    terms: list[LossTerm], labels: dict[str, tf.Tensor], outputs: dict[str, tf.Tensor]
+    terms: list[LossTerm], labels: dict[str, tf.Tensor], outputs: dict[str, tf.Tensor],
+    targets: dict[str, tuple[tf.Tensor, tf.Tensor]] | None = None,
 ) -> dict[str, tf.Tensor]:
-    """Each term's mean loss over the examples that have its label (0 if none has)."""
+    """Each term's mean loss over the examples that have its label (0 if none has).
+
+    `targets` (from `term_targets`) saves remaking the labels when the caller already has them.
+    """
+    targets = targets or term_targets(terms, labels)
     losses = {}
     for term in terms:
-        y, mask = term_label(term, labels)
+        y, mask = targets[term.name]
         per_example = elementwise_loss(term, y, outputs[term.output]) * mask
         losses[term.name] = tf.reduce_sum(per_example) / tf.maximum(tf.reduce_sum(mask), 1.0)
     return losses

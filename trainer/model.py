@@ -19,7 +19,7 @@ from trainer.backbones import build_backbone
 from trainer.balancing import Balancer, make_balancer
 from trainer.features import feature_vector, raw_inputs
 from trainer.heads import build_heads
-from trainer.losses import LossTerm, invert_output, loss_terms, term_label, term_losses
+from trainer.losses import LossTerm, invert_output, loss_terms, term_losses, term_targets
 
 Normalization = dict[str, dict[str, float]]
 GATE_PREFIX = "gate/"
@@ -72,12 +72,12 @@ class MultiTaskModel(keras.Model):
             found.append(self._cvr_auc)
         return found + list(self._gate_means.values())
 
-    def _update_metrics(self, labels, outputs, losses, total) -> dict[str, tf.Tensor]:
+    def _update_metrics(self, labels, targets, outputs, losses, total) -> dict[str, tf.Tensor]:
         self._loss.update_state(total)
         for term in self.terms:
             mean_loss, quality = self._term_metrics[term.name]
             mean_loss.update_state(losses[term.name])
-            y, mask = term_label(term, labels)
+            y, mask = targets[term.name]
             prediction = outputs[term.output]
             if term.kind != "binary":  # judged in the label's own unit, as served
                 y = invert_output(y, term.transform)
@@ -105,9 +105,10 @@ class MultiTaskModel(keras.Model):
 
     def train_step(self, data):
         features, labels = data
+        targets = term_targets(self.terms, labels)
         with tf.GradientTape(persistent=True) as tape:
             outputs = self(features, training=True)
-            losses = term_losses(self.terms, labels, outputs)
+            losses = term_losses(self.terms, labels, outputs, targets)
         variables = self.trainable_variables
         total, grads = self.balancer.gradients(
             tape, losses, variables, self._shared, self._last_shared
@@ -115,14 +116,15 @@ class MultiTaskModel(keras.Model):
         del tape
         extra = self.balancer.trainable_weights()
         self.optimizer.apply_gradients(zip(grads, variables + extra, strict=True))
-        return self._update_metrics(labels, outputs, losses, total)
+        return self._update_metrics(labels, targets, outputs, losses, total)
 
     def test_step(self, data):
         features, labels = data
+        targets = term_targets(self.terms, labels)
         outputs = self(features, training=False)
-        losses = term_losses(self.terms, labels, outputs)
+        losses = term_losses(self.terms, labels, outputs, targets)
         total = tf.add_n([t.weight * losses[t.name] for t in self.terms])
-        return self._update_metrics(labels, outputs, losses, total)
+        return self._update_metrics(labels, targets, outputs, losses, total)
 
 
 def build_model(config: Config, normalization: Normalization) -> MultiTaskModel:
