@@ -8,9 +8,10 @@ global batch 512) trains under MultiWorkerMirroredStrategy with two worker proce
 `run_local_workers`, one cluster per variant, which trains a fresh model per size (ascending):
 
 - `plain`: `HashedEmbedding` (one variable, `tf.gather`) and tf-keras Adam on every variable, the
-  trainer's current path;
+  trainer's path before tables were partitioned;
 - `partitioned`: `PartitionedEmbedding` (P from the minimum-shard-size rule unless --num-shards)
-  with the row-sparse embedding optimizer, dense variables on tf-keras Adam (`apply_split`).
+  with the row-sparse embedding optimizer, dense variables on tf-keras Adam (`apply_split`), the
+  trainer's path (`MultiTaskModel.train_step`).
 
 The figure is the chief's step time (ms) from `model.fit`'s batch callbacks: after --warmup
 steps, the median of each round of --steps steps, and the lowest of --rounds rounds (the machine

@@ -1,10 +1,16 @@
 """Prints end-to-end throughput on generated logs: Beam preprocessing, training, serving.
 
-    python benchmarks/throughput.py [--rows 60000] [--workers 1 2]
+    python benchmarks/throughput.py [--rows 60000] [--workers 1 2] [--input-steps 100]
 
 Figures (rows/s, examples/s, ms per batch) are printed, never asserted. Training is timed from
 the trainer's own log line, which excludes process start-up and TensorFlow import; the wall time
 of the whole `multitower train` command is printed next to it.
+
+Whether the input pipeline keeps up: in one process, `--input-steps` batches of the trainer's
+own `make_dataset` (GZIP TFRecords, shuffle, parse) are read with no model, then the configured
+model trains on them from the TFRecords, then on the same batches held in memory
+(`Dataset.cache()`, filled before timing). If training from TFRecords is about as fast as from
+memory, the input is not the bottleneck.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=60_000)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--input-steps", type=int, default=100)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="multitower-bench-"))
     try:
@@ -63,6 +70,7 @@ def main() -> None:
             steps, seconds, rate = found.groups()
             print(f"train x{workers}     {int(rate):10d} examples/s ({steps} steps of "
                   f"{config.train.batch_size} in {float(seconds):.1f} s; command {wall:.1f} s)")
+        _input_against_memory(config, args.input_steps)
         from serving.predict import Predictor, read_rows
 
         predictor = Predictor(os.path.join(config.train.export_dir, config.model.name))
@@ -80,6 +88,60 @@ def main() -> None:
                   f"({batch_size / ms * 1000:.0f} rows/s, SavedModel in-process)")
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _input_against_memory(config, steps: int, warmup: int = 10) -> None:
+    """Examples/s of the input alone, and of training from TFRecords and from memory."""
+    import json
+
+    import tensorflow as tf
+    import tf_keras as keras
+
+    from pipeline.manifest import day_dir
+    from trainer.data import make_dataset
+    from trainer.model import build_model, compile_model
+
+    folder = day_dir(config.data.tfrecords, DATE)
+    with open(os.path.join(folder, "_MANIFEST.json")) as f:
+        manifest = json.load(f)
+    files = [os.path.join(folder, name) for name in manifest["files"]]
+    batch = config.train.batch_size
+    total = warmup + steps
+
+    def records() -> tf.data.Dataset:
+        return make_dataset(files, config.data, batch, shuffle_buffer=config.train.shuffle_buffer,
+                            seed=config.train.seed)
+
+    iterator = iter(records())
+    for _ in range(warmup):
+        next(iterator)
+    t = time.perf_counter()
+    for _ in range(steps):
+        next(iterator)
+    print(f"input only   {steps * batch / (time.perf_counter() - t):10.0f} examples/s "
+          f"(make_dataset: GZIP TFRecords, shuffle {config.train.shuffle_buffer}, parse)")
+
+    class Clock(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch_index, logs=None):
+            if batch_index + 1 == warmup:
+                self.start = time.perf_counter()
+
+    normalization = {
+        name: {"mean": float(s["mean"]), "std": float(s["std"])}
+        for name, s in manifest["numeric"].items()
+    }
+    in_memory = records().take(total).cache()
+    for _ in in_memory:  # fill the cache before anything is timed
+        pass
+    for name, dataset in (("TFRecords", records()), ("in memory", in_memory.repeat())):
+        keras.utils.set_random_seed(config.train.seed)
+        model = build_model(config, normalization)
+        compile_model(model, config)
+        clock = Clock()
+        model.fit(dataset, epochs=1, steps_per_epoch=total, verbose=0, callbacks=[clock])
+        rate = steps * batch / (time.perf_counter() - clock.start)
+        print(f"train {name:<9}{rate:9.0f} examples/s (1 process, {steps} steps of {batch} "
+              "after warm-up)")
 
 
 if __name__ == "__main__":

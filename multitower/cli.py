@@ -38,12 +38,13 @@ def _friendly_errors(fn):
     def wrapper(*args, **kwargs):
         from pipeline.manifest import ManifestMissingError
         from serving.predict import PredictError
+        from trainer.embeddings import PartitionMismatchError
         from trainer.train import TrainingError
 
         try:
             return fn(*args, **kwargs)
         except (ConfigError, ManifestMissingError, TrainingError, PredictError,
-                FileNotFoundError, FileExistsError) as err:
+                PartitionMismatchError, FileNotFoundError, FileExistsError) as err:
             raise click.ClickException(str(err)) from None
 
     return wrapper

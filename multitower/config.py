@@ -33,13 +33,23 @@ class _Strict(BaseModel):
 
 
 class CategoricalFeature(_Strict):
-    """A categorical column, hashed into `hash_buckets` rows and embedded in `embedding_dim`."""
+    """A categorical column, hashed into `hash_buckets` rows and embedded in `embedding_dim`.
+
+    Features naming the same `embedding_table` share one table (e.g. the clicked item and the
+    last viewed item); they must agree on `hash_buckets` and `embedding_dim`.
+    """
 
     name: str
     type: Literal["categorical"]
     dtype: Literal["string", "int64"] = "string"
     hash_buckets: PositiveInt
     embedding_dim: PositiveInt
+    embedding_table: Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+$")] | None = None
+
+    @property
+    def table(self) -> str:
+        """The name of the table this feature's embeddings live in."""
+        return self.embedding_table or self.name
 
 
 class NumericFeature(_Strict):
@@ -116,6 +126,20 @@ class DataConfig(_Strict):
         clash = set(names) & {f.name for f in self.features}
         if clash:  # tasks name the model's output layers, features its input layers
             raise ValueError(f"a task and a feature may not share a name: {sorted(clash)}")
+        tables: dict[str, list[CategoricalFeature]] = {}
+        for f in self.categorical:
+            tables.setdefault(f.table, []).append(f)
+        for table, users in tables.items():
+            sizes = {(f.hash_buckets, f.embedding_dim) for f in users}
+            if len(sizes) > 1:
+                raise ValueError(
+                    f"features sharing embedding_table {table!r} must have the same hash_buckets "
+                    f"and embedding_dim, got " + ", ".join(
+                        f"{f.name}: {f.hash_buckets} x {f.embedding_dim}" for f in users))
+            owner = next((f for f in self.categorical if f.name == table), None)
+            if owner is not None and owner.table != table:
+                raise ValueError(f"embedding_table {table!r} is also the name of feature "
+                                 f"{table!r}, which has its own table {owner.table!r}")
         return self
 
     @property
@@ -179,6 +203,20 @@ class ESMMConfig(_Strict):
 Backbone = Literal["shared_bottom", "moe", "mmoe", "cgc", "ple", "single_task"]
 
 
+class EmbeddingsConfig(_Strict):
+    """How every embedding table is split row-wise into shard variables.
+
+    `num_shards` fixes P for every table (a table with fewer rows gets one shard per row);
+    without it P is as many shards as keep each one >= `min_shard_rows` rows, at most
+    `max_shards` (like TF's MinSizePartitioner). A checkpoint written with another P is
+    re-partitioned when it is restored.
+    """
+
+    num_shards: PositiveInt | None = None
+    min_shard_rows: PositiveInt = 1 << 20
+    max_shards: PositiveInt = 8
+
+
 class ModelConfig(_Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]  # the export folder's name
     backbone: Backbone = "mmoe"
@@ -188,6 +226,7 @@ class ModelConfig(_Strict):
     cgc: CGCConfig = CGCConfig()
     ple: PLEConfig = PLEConfig()
     single_task: MLPConfig = MLPConfig()
+    embeddings: EmbeddingsConfig = EmbeddingsConfig()
     heads: Literal["towers", "esmm"] = "towers"
     esmm: ESMMConfig | None = None
     tower_units: Units = [32]
@@ -213,8 +252,12 @@ class DWAConfig(_Strict):
 
 class TrainConfig(_Strict):
     batch_size: PositiveInt = 512  # global batch, split over every replica
-    optimizer: Literal["adam", "adagrad", "sgd"] = "adam"
+    optimizer: Literal["adam", "adagrad", "sgd"] = "adam"  # dense variables
     learning_rate: PositiveFloat = 0.001
+    # Embedding tables get a row-sparse optimizer: a step touches only the rows of its batch.
+    embedding_optimizer: Literal["adagrad", "ftrl", "lazy_adam", "sgd"] = "adagrad"
+    # Adagrad and FTRL want larger rates than Adam (0.05-0.5); lazy_adam about Adam's.
+    embedding_learning_rate: PositiveFloat = 0.1
     shuffle_buffer: Annotated[int, Field(ge=0)] = 10_000
     seed: int = 0
     model_dir: str

@@ -112,3 +112,39 @@ def test_resolved_config_round_trips(tmp_path):
     path = tmp_path / "resolved.yaml"
     path.write_text(config.to_yaml())
     assert load_config(path) == config.model_copy(update={"source": str(path)})
+
+
+def test_shared_embedding_tables_must_agree_on_size(raw, tmp_path):
+    user, item = raw["data"]["features"][0], raw["data"]["features"][3]
+    user["embedding_table"] = item["embedding_table"] = "ids"
+    config = parse_config(raw)
+    assert [f.table for f in config.data.categorical][:4] == ["ids", "user_segment",
+                                                              "user_country", "ids"]
+    item["embedding_dim"] = 8
+    msg = _error(raw, tmp_path)
+    assert "bad.yaml: data: Value error, features sharing embedding_table 'ids' must have the " \
+           "same hash_buckets and embedding_dim, got user_id: 100000 x 16, item_id: 100000 x 8" \
+           in msg
+
+
+def test_a_shared_table_may_not_take_another_features_name(raw, tmp_path):
+    raw["data"]["features"][0]["embedding_table"] = "item_id"  # item_id has its own table
+    raw["data"]["features"][0]["embedding_dim"] = 16
+    raw["data"]["features"][3]["embedding_table"] = "items"
+    msg = _error(raw, tmp_path)
+    assert "embedding_table 'item_id' is also the name of feature 'item_id', which has its own " \
+           "table 'items'" in msg
+
+
+def test_embedding_partitioning_and_optimizer_keys_are_checked(raw, tmp_path):
+    config = parse_config(raw)
+    assert config.model.embeddings.num_shards is None
+    assert config.model.embeddings.min_shard_rows == 1 << 20
+    assert config.train.embedding_optimizer == "adagrad"
+    raw["model"]["embeddings"] = {"num_shards": 0, "shards": 2}
+    raw["train"]["embedding_optimizer"] = "adam"
+    msg = _error(raw, tmp_path)
+    assert "bad.yaml: model.embeddings.num_shards: Input should be greater than 0" in msg
+    assert "bad.yaml: model.embeddings.shards: unknown key" in msg
+    assert "bad.yaml: train.embedding_optimizer: Input should be 'adagrad', 'ftrl', " \
+           "'lazy_adam' or 'sgd'" in msg

@@ -18,6 +18,7 @@ import tensorflow as tf
 from multitower.config import Config
 from pipeline.manifest import day_dir, read_manifest
 from trainer.data import make_dataset
+from trainer.embeddings import restore_checkpoint
 from trainer.incremental import CHECKPOINTS, TrainingError
 from trainer.losses import invert_output
 from trainer.metrics import auc, calibration, logloss, mae, rmse
@@ -104,7 +105,7 @@ def evaluate_model(config: Config, model, date: str, checkpoint: str) -> dict:
 def restore_plain_model(config: Config, normalization, checkpoint: str):
     """The model of `checkpoint`, built outside any strategy (no collectives to read it)."""
     model = build_model(config, normalization)
-    tf.train.Checkpoint(model=model).restore(checkpoint).expect_partial()
+    restore_checkpoint(tf.train.Checkpoint(model=model), checkpoint)  # weights only
     return model
 
 

@@ -11,8 +11,9 @@ from collections.abc import Sequence
 import tensorflow as tf
 import tf_keras as keras
 
-from multitower.config import DataConfig
+from multitower.config import DataConfig, EmbeddingsConfig
 from multitower.records import feature_dtype
+from trainer.embeddings import PartitionedEmbedding
 
 
 @keras.utils.register_keras_serializable(package="multitower")
@@ -20,6 +21,11 @@ class HashedEmbedding(keras.layers.Layer):
     """Hashes raw categorical values into `num_buckets` rows and looks up their embeddings.
 
     Integer values are hashed through their decimal string, so `7` and `"7"` share a row.
+
+    The unpartitioned reference: one variable read with `tf.gather`, which under
+    MultiWorkerMirroredStrategy reads the whole table each step. The trainer uses
+    `trainer.embeddings.PartitionedEmbedding`, which hashes the same way; this layer remains as
+    the baseline of its tests and of `benchmarks/embedding_step_time.py`.
 
     Input shape: `(batch,)` of tf.string or tf.int64.
     Output shape: `(batch, dim)`.
@@ -99,10 +105,30 @@ def raw_inputs(data: DataConfig) -> dict[str, keras.Input]:
     }
 
 
+def embedding_tables(
+    data: DataConfig, embeddings: EmbeddingsConfig, prefix: str = ""
+) -> dict[str, PartitionedEmbedding]:
+    """One partitioned table per `embedding_table` (a feature's own name unless it shares one),
+    named `<prefix>embed_<table>`."""
+    tables: dict[str, PartitionedEmbedding] = {}
+    for f in data.categorical:
+        if f.table in tables:
+            continue
+        shards = embeddings.num_shards
+        tables[f.table] = PartitionedEmbedding(
+            f.hash_buckets, f.embedding_dim,
+            num_shards=None if shards is None else min(shards, f.hash_buckets),
+            min_shard_rows=embeddings.min_shard_rows, max_shards=embeddings.max_shards,
+            name=f"{prefix}embed_{f.table}",
+        )
+    return tables
+
+
 def feature_vector(
     inputs: dict[str, tf.Tensor],
     data: DataConfig,
     normalization: dict[str, dict[str, float]],
+    embeddings: EmbeddingsConfig | None = None,
     prefix: str = "",
 ) -> tf.Tensor:
     """Concatenates every categorical embedding and the standardized numeric columns.
@@ -111,18 +137,16 @@ def feature_vector(
       inputs: raw feature tensors of shape `(batch,)`, keyed by log name.
       data: the data part of the config.
       normalization: `{numeric feature: {"mean": m, "std": s}}` from the first trained day.
+      embeddings: how tables are split into shards (defaults when None).
       prefix: prepended to layer names, so that several sets of embeddings can coexist (the
         single-task baseline gives every task its own).
 
     Returns:
-      A float32 tensor of shape `(batch, sum(embedding_dim) + number of numeric features)`.
+      A float32 tensor of shape `(batch, sum(embedding_dim) + number of numeric features)`,
+      embeddings in the order of the features.
     """
-    parts = [
-        HashedEmbedding(f.hash_buckets, f.embedding_dim, name=f"{prefix}embed_{f.name}")(
-            inputs[f.name]
-        )
-        for f in data.categorical
-    ]
+    tables = embedding_tables(data, embeddings or EmbeddingsConfig(), prefix)
+    parts = [tables[f.table](inputs[f.name]) for f in data.categorical]
     if data.numeric:
         missing = [f.name for f in data.numeric if f.name not in normalization]
         if missing:

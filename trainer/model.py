@@ -6,7 +6,9 @@ its training unit, e.g. log1p seconds), with ESMM also `{ctcvr_name: (batch, 1)}
 backbone's gate weights as `{"gate/<gate name>": (batch, experts)}` for diagnostics.
 
 `MultiTaskModel.train_step` computes one loss per term (see `trainer.losses`), lets the
-configured balancer turn them into gradients, and logs the task weights and gate means.
+configured balancer turn them into gradients, applies the embedding tables' (row-sparse)
+gradients with the embedding optimizer and the rest with the dense one (`train.optimizer`),
+and logs the task weights and gate means.
 """
 
 from __future__ import annotations
@@ -17,6 +19,12 @@ import tf_keras as keras
 from multitower.config import Config
 from trainer.backbones import build_backbone
 from trainer.balancing import Balancer, make_balancer
+from trainer.embeddings import (
+    apply_split,
+    embedding_variables,
+    is_embedding_variable,
+    make_embedding_optimizer,
+)
 from trainer.features import feature_vector, raw_inputs
 from trainer.heads import build_heads
 from trainer.losses import LossTerm, invert_output, loss_terms, term_losses, term_targets
@@ -41,6 +49,7 @@ class MultiTaskModel(keras.Model):
             self._self_setattr_tracking = True
 
     def _configure(self, config: Config, balancer: Balancer, gate_names: list[str]) -> None:
+        self.embedding_optimizer: keras.optimizers.Optimizer | None = None  # compile_model's
         self.terms: list[LossTerm] = loss_terms(config)
         self.balancer = balancer
         self.esmm = config.model.esmm if config.model.heads == "esmm" else None
@@ -64,6 +73,26 @@ class MultiTaskModel(keras.Model):
                 num_thresholds=1000, name=f"{self.esmm.cvr_task}_auc_clicked"
             )
         self._gate_means = {g: keras.metrics.MeanTensor(name=g) for g in gate_names}
+
+    def set_embedding_optimizer(self, optimizer: keras.optimizers.Optimizer) -> None:
+        """The row-sparse optimizer of the embedding shards (untracked: `checkpoint_objects`)."""
+        self._self_setattr_tracking = False
+        try:
+            self.embedding_optimizer = optimizer
+        finally:
+            self._self_setattr_tracking = True
+
+    def build_optimizers(self) -> None:
+        """Creates both optimizers' slots (inside the strategy scope), so that a checkpoint
+        restores them too: the dense one over every variable but the embedding shards."""
+        dense = [v for v in self.trainable_variables if not is_embedding_variable(v)]
+        self.optimizer.build(dense + self.balancer.trainable_weights())
+        self.embedding_optimizer._create_all_weights(embedding_variables(self))
+
+    def checkpoint_objects(self) -> dict[str, tf.Module]:
+        """What a training checkpoint holds: `tf.train.Checkpoint(**model.checkpoint_objects())`."""
+        return {"model": self, "optimizer": self.optimizer,
+                "embedding_optimizer": self.embedding_optimizer, "balancer": self.balancer}
 
     @property
     def metrics(self) -> list[keras.metrics.Metric]:
@@ -115,7 +144,8 @@ class MultiTaskModel(keras.Model):
         )
         del tape
         extra = self.balancer.trainable_weights()
-        self.optimizer.apply_gradients(zip(grads, variables + extra, strict=True))
+        apply_split(self.optimizer, self.embedding_optimizer,
+                    zip(grads, variables + extra, strict=True))
         return self._update_metrics(labels, targets, outputs, losses, total)
 
     def test_step(self, data):
@@ -134,9 +164,10 @@ def build_model(config: Config, normalization: Normalization) -> MultiTaskModel:
     names = [t.name for t in data.tasks]
     backbone = build_backbone(spec, names, name="backbone")
     if spec.backbone == "single_task":  # a true baseline: no embedding is shared either
-        x = [feature_vector(inputs, data, normalization, prefix=f"{n}_") for n in names]
+        x = [feature_vector(inputs, data, normalization, spec.embeddings, prefix=f"{n}_")
+             for n in names]
     else:
-        x = feature_vector(inputs, data, normalization)
+        x = feature_vector(inputs, data, normalization, spec.embeddings)
     per_task, gates = backbone(x, return_gates=True)
     outputs = build_heads(config, per_task)
     gate_names = [f"{GATE_PREFIX}{name}" for name in gates]
@@ -158,8 +189,11 @@ def make_optimizer(config: Config) -> keras.optimizers.Optimizer:
 
 
 def compile_model(model: MultiTaskModel, config: Config) -> None:
-    """The optimizer; losses and metrics are the model's own (see `MultiTaskModel`)."""
+    """The optimizers (call inside the strategy scope); losses and metrics are the model's own
+    (see `MultiTaskModel`)."""
     model.compile(optimizer=make_optimizer(config))
+    model.set_embedding_optimizer(make_embedding_optimizer(
+        config.train.embedding_optimizer, config.train.embedding_learning_rate))
     # train_step already returns cluster-wide metric results; tf-keras' default "auto" reduction
     # sums them again over every replica (keras-team/keras#16664), so per-batch logs under
     # MultiWorkerMirroredStrategy showed AUC 1.36 with two workers. "first" reports them as is.

@@ -21,6 +21,7 @@ from multitower.config import Config
 from pipeline.manifest import day_dir, read_manifest
 from trainer.backup import MidDayBackup, backup_dir, latest_backup, remove_backups
 from trainer.data import make_dataset
+from trainer.embeddings import restore_checkpoint
 from trainer.export import export_saved_model, versions
 from trainer.history import append_history, numeric_drift
 from trainer.incremental import CHECKPOINTS, TrainingError, plan_day
@@ -124,14 +125,13 @@ def train_day(
     with strategy.scope():
         model = build_model(config, normalization)
         compile_model(model, config)
-        # slots exist before restoring, so that they are restored too
-        model.optimizer.build(model.trainable_variables + model.balancer.trainable_weights())
-    checkpoint = tf.train.Checkpoint(
-        model=model, optimizer=model.optimizer, balancer=model.balancer
-    )
-    restored = resume or start.checkpoint
-    if restored:
-        checkpoint.restore(restored).assert_existing_objects_matched()
+        model.build_optimizers()  # slots exist before restoring, so that they are restored too
+        checkpoint = tf.train.Checkpoint(**model.checkpoint_objects())
+        restored = resume or start.checkpoint
+        if restored:
+            # A table saved with another number of shards is re-partitioned; anything else
+            # missing from the checkpoint stops here.
+            restore_checkpoint(checkpoint, restored)
     first_step = int(model.optimizer.iterations.numpy())
     done = first_step - day_start  # steps of this day already trained before a failure
     log.info(

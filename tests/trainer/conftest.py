@@ -27,6 +27,7 @@ def small_project(tmp_path_factory) -> dict:
     raw["data"]["num_shards"] = 3
     raw["train"].update(batch_size=BATCH, shuffle_buffer=500)
     raw["model"]["mmoe"].update(num_experts=3, expert_units=[16])
+    raw["model"]["embeddings"] = {"num_shards": 3}  # every table split in 3 (16 rows too)
     path = root / "config.yaml"
     path.write_text(yaml.safe_dump(raw))
     config = load_config(path)

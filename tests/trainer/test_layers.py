@@ -5,8 +5,10 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
+from multitower.config import DataConfig, EmbeddingsConfig
 from trainer.backbones import MMoE
-from trainer.features import HashedEmbedding, Standardize
+from trainer.embeddings import PartitionedEmbedding
+from trainer.features import HashedEmbedding, Standardize, feature_vector, raw_inputs
 from trainer.heads import TaskTower
 
 
@@ -52,3 +54,27 @@ def test_layers_survive_a_keras_save_round_trip(tmp_path):
     loaded = keras.models.load_model(tmp_path / "m.keras")
     for got, want in zip(loaded.predict(x, verbose=0), model.predict(x, verbose=0), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_features_sharing_a_table_read_one_partitioned_table():
+    data = DataConfig.model_validate({
+        "logs": "l/{date}", "tfrecords": "t", "rejected": "r",
+        "features": [
+            {"name": "item_id", "type": "categorical", "hash_buckets": 10, "embedding_dim": 2,
+             "embedding_table": "items"},
+            {"name": "last_item", "type": "categorical", "hash_buckets": 10, "embedding_dim": 2,
+             "embedding_table": "items"},
+            {"name": "device", "type": "categorical", "hash_buckets": 3, "embedding_dim": 2},
+        ],
+        "tasks": [{"name": "click", "type": "binary"}],
+    })
+    inputs = raw_inputs(data)
+    model = keras.Model(inputs, feature_vector(inputs, data, {}, EmbeddingsConfig(num_shards=4)))
+    tables = [layer for layer in model.layers if isinstance(layer, PartitionedEmbedding)]
+    assert [(t.name, t.num_shards) for t in tables] == [("embed_items", 4), ("embed_device", 3)]
+    assert [v.shape[0] for v in model.trainable_variables] == [3, 3, 2, 2, 1, 1, 1]
+    out = model({"item_id": tf.constant(["a", "b"]), "last_item": tf.constant(["b", "b"]),
+                 "device": tf.constant(["ios", "web"])}).numpy()
+    np.testing.assert_array_equal(out[1, 0:2], out[0, 2:4])  # "b" in either column: one row
+    np.testing.assert_array_equal(out[1, 0:2], out[1, 2:4])
+    assert not np.array_equal(out[0, 0:2], out[0, 2:4])

@@ -8,6 +8,7 @@ import tf_keras
 import yaml
 
 from multitower.config import parse_config
+from trainer.embeddings import embedding_variables
 from trainer.model import build_model, compile_model
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "impressions.yaml"
@@ -56,3 +57,35 @@ def test_model_builds_from_config_and_learns_a_few_steps():
     assert np.all((out["click"] > 0) & (out["click"] < 1))
     ios = labels["click"][:, 0] == 1
     assert out["click"][ios].mean() - out["click"][~ios].mean() > 0.5  # it learned the rule
+
+
+def test_embedding_rows_outside_the_data_never_move_and_only_the_dense_optimizer_has_adam():
+    raw = yaml.safe_load(EXAMPLE.read_text())
+    raw["model"]["mmoe"].update(num_experts=2, expert_units=[8])
+    raw["model"]["embeddings"] = {"num_shards": 3}
+    config = parse_config(raw)
+    normalization = {f.name: {"mean": 0.0, "std": 1.0} for f in config.data.numeric}
+    tf_keras.utils.set_random_seed(0)
+    model = build_model(config, normalization)
+    compile_model(model, config)
+    model.build_optimizers()
+    shards = embedding_variables(model)
+    assert len(shards) == 3 * len(config.data.categorical)
+    assert {v.name.split("/")[-1].split(":")[0] for v in shards} == {
+        "part_0_of_3", "part_1_of_3", "part_2_of_3"}
+    dense_slots = {id(v) for v in model.optimizer.variables}
+    assert not any(id(v) in dense_slots for v in shards)
+    assert model.embedding_optimizer.get_slot_names() == ["accumulator"]  # adagrad by default
+    user = model.get_layer("embed_user_id")
+    before = user.full_table().numpy()
+
+    features, labels = _batch(256, np.random.default_rng(1))
+    model.fit(features, labels, batch_size=64, epochs=1, verbose=0)
+    after = user.full_table().numpy()
+    seen = np.unique(tf.strings.to_hash_bucket_fast(features["user_id"], 100_000).numpy())
+    moved = np.flatnonzero(np.any(after != before, axis=1))
+    np.testing.assert_array_equal(moved, seen)  # exactly the rows of the users in the data
+    accumulator = np.concatenate(
+        [model.embedding_optimizer.get_slot(v, "accumulator").numpy() for v in user.shards])
+    grown = np.flatnonzero(np.any(accumulator != accumulator.min(), axis=1))
+    np.testing.assert_array_equal(grown, seen)

@@ -1,7 +1,9 @@
 """One trainer worker for the multi-process tests: `train_day`, then dump what it ended with.
 
 Usage: python worker_main.py CONFIG DATE OUT_DIR [ROWS_JSONL]
-Writes OUT_DIR/worker-<index>.npz with the model's weights and global step, and, given raw rows,
+Writes OUT_DIR/worker-<index>.npz with the model's weights, each embedding table whole
+(`table/<layer>`) with its embedding optimizer slots (`slot/<layer>/<slot>`), and the global
+step, and, given raw rows,
 the trained in-memory model's predictions on them (to compare with the exported SavedModel).
 With CRASH_WORKER_1_AFTER=k in the environment, worker 1 dies (os._exit) after its k-th step of
 the day, as a killed pod would.
@@ -19,6 +21,7 @@ import tf_keras as keras
 
 from multitower.config import load_config
 from multitower.records import feature_dtype
+from trainer.embeddings import PartitionedEmbedding
 from trainer.strategy import make_strategy, task_info
 from trainer.train import train_day
 
@@ -41,6 +44,13 @@ def main() -> None:
     callbacks = [CrashWorker1(int(crash))] if crash else []
     result = train_day(config, date, strategy, callbacks=callbacks)
     arrays = {f"w{i}": w for i, w in enumerate(result.model.get_weights())}
+    optimizer = result.model.embedding_optimizer
+    for layer in result.model.layers:
+        if isinstance(layer, PartitionedEmbedding):
+            arrays[f"table/{layer.name}"] = layer.full_table().numpy()
+            for slot in optimizer.get_slot_names():
+                arrays[f"slot/{layer.name}/{slot}"] = np.concatenate(
+                    [optimizer.get_slot(v, slot).numpy() for v in layer.shards])
     arrays["global_step"] = np.array(result.global_step)
     arrays["num_replicas"] = np.array(strategy.num_replicas_in_sync)
     if len(sys.argv) > 4:
