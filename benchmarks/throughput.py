@@ -3,7 +3,8 @@
     python benchmarks/throughput.py [--rows 60000] [--workers 1 2] [--input-steps 100]
 
 Figures (rows/s, examples/s, ms per batch) are printed, never asserted. Training is timed from
-the trainer's own log line, which excludes process start-up and TensorFlow import; the wall time
+the trainer's own log line, which excludes process start-up, TensorFlow import and the first
+step (tracing the training function, filling the input pipeline); the wall time
 of the whole `multitower train` command is printed next to it.
 
 Whether the input pipeline keeps up: in one process, `--input-steps` batches of the trainer's
@@ -63,13 +64,14 @@ def main() -> None:
                 env={k: v for k, v in os.environ.items() if k != "TF_CONFIG"},
             )
             wall = time.perf_counter() - t
-            found = re.search(r"trained day \S+: (\d+) steps in ([0-9.]+) s \((\d+) ex/s\)",
+            found = re.search(r"trained day \S+: (\d+) steps in ([0-9.]+) s \((\d+) ex/s after",
                               run.stderr)
             if run.returncode or not found:
                 sys.exit(f"training with {workers} worker(s) failed:\n{run.stderr[-2000:]}")
             steps, seconds, rate = found.groups()
-            print(f"train x{workers}     {int(rate):10d} examples/s ({steps} steps of "
-                  f"{config.train.batch_size} in {float(seconds):.1f} s; command {wall:.1f} s)")
+            print(f"train x{workers}     {int(rate):10d} examples/s after the first step ({steps} "
+                  f"steps of {config.train.batch_size} in {float(seconds):.1f} s with it; "
+                  f"command {wall:.1f} s)")
         _input_against_memory(config, args.input_steps)
         from serving.predict import Predictor, read_rows
 

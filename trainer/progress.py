@@ -11,32 +11,47 @@ log = logging.getLogger("multitower.trainer")
 
 
 class ProgressLogger(keras.callbacks.Callback):
-    """Logs loss and metrics about ten times per day, with examples per second."""
+    """Logs loss and metrics about ten times per day (if `show`), with examples per second.
 
-    def __init__(self, date: str, steps: int, global_batch_size: int, first_step: int):
+    The rate counts from the end of the first step, which includes tracing the training
+    function and filling the input pipeline: `steady_rate()` is the throughput of the steps
+    after it (None with a single step).
+    """
+
+    def __init__(self, date: str, steps: int, global_batch_size: int, first_step: int,
+                 show: bool = True):
         super().__init__()
         self.date = date
         self.steps = steps
         self.batch = global_batch_size
         self.first_step = first_step
+        self.show = show
         self.every = max(1, steps // 10)
+        self.first_end: float | None = None
+        self.last_end: float | None = None
+        self.done = 0
 
-    def on_train_begin(self, logs=None):
-        self.start = time.perf_counter()
+    def steady_rate(self) -> float | None:
+        if self.done < 2:
+            return None
+        return (self.done - 1) * self.batch / max(self.last_end - self.first_end, 1e-9)
 
     def on_train_batch_end(self, batch, logs=None):
         done = batch + 1
-        if done % self.every and done != self.steps:
+        self.done, self.last_end = done, time.perf_counter()
+        if self.first_end is None:
+            self.first_end = self.last_end
+        if not self.show or (done % self.every and done != self.steps):
             return
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        rate = self.steady_rate()
         shown = " ".join(
             f"{k}={float(v):.4f}" for k, v in (logs or {}).items()
             if k == "loss" or k.endswith(("_auc", "_rmse")) or k.startswith("weight/")
         )
         log.info(
-            "day %s step %d/%d (global %d) %s  %.0f ex/s",
+            "day %s step %d/%d (global %d) %s  %s",
             self.date, done, self.steps, self.first_step + done, shown,
-            done * self.batch / elapsed,
+            "" if rate is None else f"{rate:.0f} ex/s",
         )
 
 

@@ -152,13 +152,13 @@ def train_day(
         )
 
     started = time.perf_counter()
-    callbacks = [BalancerEpochEnd(model), *(callbacks or [])]
+    progress = ProgressLogger(date, steps - done, batch, first_step, show=info.is_chief)
+    callbacks = [BalancerEpochEnd(model), progress, *(callbacks or [])]
     if config.train.backup_every_steps:
         callbacks.append(MidDayBackup(checkpoint, backups, config.train.backup_every_steps,
                                       info.is_chief, first_step))
     if info.is_chief:
         callbacks += [
-            ProgressLogger(date, steps - done, batch, first_step),
             # one TensorBoard step per day: losses, metrics, task weights, gate means
             keras.callbacks.TensorBoard(os.path.join(model_dir, "tensorboard"),
                                         write_graph=False, update_freq="epoch"),
@@ -200,9 +200,10 @@ def train_day(
         with tf.io.gfile.GFile(os.path.join(model_dir, "config.yaml"), "w") as f:
             f.write(config.to_yaml())
         remove_backups(model_dir, date)
+    rate = progress.steady_rate()
     log.info(
-        "trained day %s: %d steps in %.1f s (%.0f ex/s), global step %d%s",
-        date, steps - done, seconds, (steps - done) * batch / max(seconds, 1e-9), global_step,
+        "trained day %s: %d steps in %.1f s (%s after the first step), global step %d%s",
+        date, steps - done, seconds, "n/a" if rate is None else f"{rate:.0f} ex/s", global_step,
         f", exported {export_path}" if export_path else "",
     )
     return DayResult(date, steps, global_step, version, export_path, metrics, model)
