@@ -10,11 +10,13 @@ import functools
 import json
 import logging
 import sys
+import traceback
 
 import click
 
 import multitower
 from multitower.config import ConfigError, load_config
+from multitower.storage import enable_filesystems, exit_process
 
 log = logging.getLogger("multitower")
 
@@ -198,6 +200,7 @@ def predict(model_base, input_path, output) -> None:
     """Score raw rows with the newest exported version: one JSON object per row."""
     from serving.predict import Predictor, read_rows
 
+    enable_filesystems([model_base, input_path])
     predictor = Predictor(model_base)
     rows = ((f"{input_path}:{n}", row) for n, row in read_rows(input_path))
     count = 0
@@ -223,5 +226,24 @@ def demo(workdir, rows_per_day, workers, seed) -> None:
     run_demo(workdir, rows_per_day=rows_per_day, workers=workers, seed=seed)
 
 
+def run() -> None:
+    """The `multitower` command: click's `main`, then an exit that survives tensorflow-io.
+
+    Its status is the command's own: 0, 1 for a refused or failed command (an unexpected
+    error prints its traceback first), 2 for a usage error.
+    """
+    try:
+        main(prog_name="multitower")
+        status = 0
+    except SystemExit as done:  # click ends every command with sys.exit
+        status = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+        if isinstance(done.code, str):
+            click.echo(done.code, err=True)
+    except BaseException:  # noqa: BLE001  (printed, then a status like Python's own)
+        traceback.print_exc()
+        status = 1
+    exit_process(status)
+
+
 if __name__ == "__main__":
-    main()
+    run()

@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from multitower.storage import enable_filesystems
+
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
@@ -369,6 +371,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     for section, key in _PATH_KEYS:
         value = getattr(getattr(config, section), key)
         updates.setdefault(section, {})[key] = _resolve(value, base)
+    # s3:// and hdfs:// paths need tensorflow-io registered before their first use.
+    enable_filesystems(v for u in updates.values() for v in u.values())
     return config.model_copy(
         update={s: getattr(config, s).model_copy(update=u) for s, u in updates.items()}
     )

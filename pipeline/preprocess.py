@@ -58,8 +58,10 @@ def build_pipeline(
     _ = (
         checked[REJECTED]
         | "RejectedToJson" >> beam.Map(json.dumps)
+        # No file when nothing was rejected: Beam's S3 writer fails on an empty file (its
+        # multipart upload has no part; apache/beam#21369).
         | "WriteRejected" >> beam.io.WriteToText(
-            f"{rejected_dir}/rejected", file_name_suffix=".jsonl")
+            f"{rejected_dir}/rejected", file_name_suffix=".jsonl", skip_if_empty=True)
     )
     _ = (
         {READ: lines, VALID: checked.valid, REJECTED: checked[REJECTED]}

@@ -14,6 +14,7 @@ import tensorflow as tf
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 
+from multitower.storage import is_remote
 from pipeline.validate import LogLine
 
 LOG_SUFFIXES = (".jsonl", ".jsonl.gz")
@@ -34,6 +35,9 @@ def resolve_inputs(pattern: str, date: str) -> list[str]:
     Raises:
         FileNotFoundError: Nothing to read.
     """
+    # An unreachable or unauthorized object store looks like an empty one to tf.io.gfile.
+    hint = (" (on an object store also check the endpoint and credentials: AWS_ENDPOINT_URL_S3,"
+            " AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)" if is_remote(pattern) else "")
     if tf.io.gfile.isdir(pattern):
         base = pattern.rstrip("/")
         files = [p for suffix in LOG_SUFFIXES for p in tf.io.gfile.glob(f"{base}/*{suffix}")
@@ -41,13 +45,13 @@ def resolve_inputs(pattern: str, date: str) -> list[str]:
         if not files:
             raise FileNotFoundError(
                 f"no input logs for {date}: the directory {pattern} holds no "
-                f"{' or '.join('*' + s for s in LOG_SUFFIXES)} file")
+                f"{' or '.join('*' + s for s in LOG_SUFFIXES)} file{hint}")
     else:
         files = [p for p in tf.io.gfile.glob(pattern) if not tf.io.gfile.isdir(p)]
         if not files:
             raise FileNotFoundError(
                 f"no input logs for {date}: nothing matches {pattern} (check data.logs in the "
-                f"config and that the day was exported)")
+                f"config and that the day was exported){hint}")
     return sorted(_absolute(p) for p in files)
 
 

@@ -126,12 +126,14 @@ def train_day(
         model = build_model(config, normalization)
         compile_model(model, config)
         model.build_optimizers()  # slots exist before restoring, so that they are restored too
-        checkpoint = tf.train.Checkpoint(**model.checkpoint_objects())
-        restored = resume or start.checkpoint
-        if restored:
-            # A table saved with another number of shards is re-partitioned; anything else
-            # missing from the checkpoint stops here.
-            restore_checkpoint(checkpoint, restored)
+    checkpoint = tf.train.Checkpoint(**model.checkpoint_objects())
+    with strategy.scope():
+        _ = checkpoint.save_counter  # created here by every worker, not lazily by one of them
+    restored = resume or start.checkpoint
+    if restored:
+        # A table saved with another number of shards is re-partitioned; anything else
+        # missing from the checkpoint stops here.
+        restore_checkpoint(checkpoint, restored)
     first_step = int(model.optimizer.iterations.numpy())
     done = first_step - day_start  # steps of this day already trained before a failure
     log.info(
