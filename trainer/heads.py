@@ -45,7 +45,8 @@ class TaskTower(keras.layers.Layer):
         self.norms = [keras.layers.BatchNormalization() for _ in self.units] if batch_norm else []
         self.drop = keras.layers.Dropout(dropout) if dropout else None
         self.act = keras.activations.get(activation)
-        self.out = keras.layers.Dense(1)
+        # float32 under a mixed precision policy: the output feeds the loss and serving
+        self.out = keras.layers.Dense(1, dtype="float32")
 
     def call(self, x: tf.Tensor, training=None) -> tf.Tensor:
         for i, layer in enumerate(self.hidden):
@@ -88,7 +89,7 @@ def build_heads(config: Config, per_task: list[tf.Tensor]) -> dict[str, tf.Tenso
     }
     if spec.heads == "esmm":
         esmm = spec.esmm
-        outputs[esmm.ctcvr_name] = keras.layers.Multiply(name=esmm.ctcvr_name)(
+        outputs[esmm.ctcvr_name] = keras.layers.Multiply(name=esmm.ctcvr_name, dtype="float32")(
             [outputs[esmm.ctr_task], outputs[esmm.cvr_task]]
         )
     return outputs

@@ -158,7 +158,20 @@ class MultiTaskModel(keras.Model):
 
 
 def build_model(config: Config, normalization: Normalization) -> MultiTaskModel:
-    """Builds the model and its balancer (call inside the strategy scope); uncompiled."""
+    """Builds the model and its balancer (call inside the strategy scope); uncompiled.
+
+    Its layers take `train.precision` as their dtype policy (the global policy is restored
+    afterwards); task outputs and gate weights are float32 either way.
+    """
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(config.train.precision)
+    try:
+        return _build_model(config, normalization)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _build_model(config: Config, normalization: Normalization) -> MultiTaskModel:
     data, spec = config.data, config.model
     inputs = raw_inputs(data)
     names = [t.name for t in data.tasks]
@@ -171,7 +184,8 @@ def build_model(config: Config, normalization: Normalization) -> MultiTaskModel:
     per_task, gates = backbone(x, return_gates=True)
     outputs = build_heads(config, per_task)
     gate_names = [f"{GATE_PREFIX}{name}" for name in gates]
-    outputs.update(dict(zip(gate_names, gates.values(), strict=True)))
+    gates = [tf.cast(g, tf.float32) if g.dtype != tf.float32 else g for g in gates.values()]
+    outputs.update(dict(zip(gate_names, gates, strict=True)))
     model = MultiTaskModel(inputs=inputs, outputs=outputs, name=spec.name)
     weights = {t.name: t.weight for t in loss_terms(config)}
     balancer = make_balancer(config.train.loss_balancing, list(weights), weights, config.train)
