@@ -93,3 +93,18 @@ def test_days_in_order_through_train_day(small_project, tmp_path):
         (DAYS[2], steps[0]), (DAYS[1], steps[0])]
     assert 0.0 <= history[0]["tasks"]["click"]["auc"] <= 1.0
     assert set(history[0]["drift"]) == {"position", "item_price", "user_activity"}
+
+
+def test_a_day_preprocessed_for_another_schema_is_refused(small_project, tmp_path):
+    from multitower.config import load_config
+    from trainer.train import train_day
+
+    # an optional label changes what the TFRecords hold, so the schema fingerprint
+    optional = {"watch_time": {"optional": True}}
+    config = load_config(config_in(small_project, tmp_path, tasks=optional))
+    written = small_project["manifests"][0]["schema_fingerprint"]
+    assert config.data.schema_fingerprint() != written
+    with pytest.raises(TrainingError, match=f"written for schema {written}, but the config's data "
+                       f"schema is {config.data.schema_fingerprint()}; preprocess the day again"):
+        train_day(config, DAYS[0])
+    assert not (tmp_path / "model" / "state.json").exists()
