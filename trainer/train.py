@@ -127,8 +127,12 @@ def train_day(
         compile_model(model, config)
         model.build_optimizers()  # slots exist before restoring, so that they are restored too
     checkpoint = tf.train.Checkpoint(**model.checkpoint_objects())
+    # Creating a variable under MultiWorkerMirroredStrategy is a collective. Left to its first
+    # save (a mid-day backup), the save counter was created at different points of the workers'
+    # collective sequences on the second day of a `--dates` range ("Collective instance N
+    # expected type 1 and data_type 9 but got type 0"): every worker creates it here instead.
     with strategy.scope():
-        _ = checkpoint.save_counter  # created here by every worker, not lazily by one of them
+        _ = checkpoint.save_counter
     restored = resume or start.checkpoint
     if restored:
         # A table saved with another number of shards is re-partitioned; anything else
