@@ -111,15 +111,14 @@ def test_export_loaded_fresh_reproduces_the_trained_model(two_days):
     assert np.all((click > 0) & (click < 1))
 
 
-def test_killed_worker_then_relaunch_matches_the_uninterrupted_run(two_days, small_project,
-                                                                   tmp_path):
-    # The same config as the uninterrupted day 1 above, with a backup every 3 steps.
-    broken = config_in(small_project, tmp_path, train={"backup_every_steps": 3})
+def _crash_day1(small_project, folder: Path) -> Path:
+    """Day 1 on two workers with a backup every 3 steps; worker 1 dies after step 5."""
+    broken = config_in(small_project, folder, train={"backup_every_steps": 3})
     ports = free_ports(2)
-    (tmp_path / "crash").mkdir()
-    procs = [  # first launch: worker 1 dies after step 5, once a backup was taken at step 3
+    (folder / "crash").mkdir()
+    procs = [
         subprocess.Popen(
-            [sys.executable, WORKER, str(broken), DAYS[0], str(tmp_path / "crash")],
+            [sys.executable, WORKER, str(broken), DAYS[0], str(folder / "crash")],
             env={**cluster_env(2, i, ports), "PYTHONPATH": REPO, "CRASH_WORKER_1_AFTER": "5"},
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
@@ -127,9 +126,16 @@ def test_killed_worker_then_relaunch_matches_the_uninterrupted_run(two_days, sma
     ]
     codes = [p.wait(timeout=300) for p in procs]  # the survivor fails by itself, no hang
     assert codes[1] == 3 and codes[0] != 0
-    backups = [b.name for b in (tmp_path / "model" / "backup").iterdir()]
+    backups = [b.name for b in (folder / "model" / "backup").iterdir()]
     assert backups == [f"dt={DAYS[0]}-from-0-workers-2"]
-    assert not (tmp_path / "model" / "state.json").exists()
+    assert not (folder / "model" / "state.json").exists()
+    return broken
+
+
+def test_killed_worker_then_relaunch_matches_the_uninterrupted_run(two_days, small_project,
+                                                                   tmp_path):
+    # The same config as the uninterrupted day 1 above, with a backup every 3 steps.
+    broken = _crash_day1(small_project, tmp_path)
 
     relaunched = _train(broken, DAYS[0], tmp_path / "relaunch")  # the same command again
     steady = two_days["day1"][0]
@@ -168,3 +174,21 @@ def test_next_day_on_one_worker_with_two_shards_continues_from_the_two_worker_ch
     names = [name for name, _ in tf.train.list_variables(latest) if "/part_" in name]
     assert any("/part_1_of_2/" in n for n in names)
     assert not any("_of_3/" in n for n in names)
+
+
+def test_relaunch_on_another_worker_count_restarts_the_day_from_the_last_checkpoint(
+        two_days, small_project, tmp_path):
+    broken = _crash_day1(small_project, tmp_path)  # leaves a 2-worker backup at step 3
+    out = tmp_path / "one-worker"
+    out.mkdir()
+    done = subprocess.run([sys.executable, WORKER, str(broken), DAYS[0], str(out)],
+                          env={**os.environ, "PYTHONPATH": REPO, "TF_CONFIG": ""},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    dump = dict(np.load(out / "worker-0.npz"))
+    # the whole day again (its data is split by worker count, so the backup cannot be reused),
+    # from the last checkpoint: for day 1, the seeded new model
+    steps = two_days["manifests"][0]["rows"]["written"] // BATCH
+    assert int(dump["global_step"]) == steps
+    assert "new model" in done.stderr and "resuming from the backup" not in done.stderr
+    assert not os.listdir(tmp_path / "model" / "backup")  # the stale backup is gone too

@@ -11,6 +11,7 @@ the day, as a killed pod would.
 
 # ruff: noqa: I001  (multitower must be imported before TensorFlow)
 import json
+import logging
 import os
 import sys
 
@@ -37,6 +38,8 @@ class CrashWorker1(keras.callbacks.Callback):
 
 
 def main() -> None:
+    logging.basicConfig(format="%(message)s")  # the trainer's own lines, on stderr
+    logging.getLogger("multitower").setLevel(logging.INFO)
     config_path, date, out_dir = sys.argv[1:4]
     strategy = make_strategy()
     config = load_config(config_path)
