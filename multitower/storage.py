@@ -79,8 +79,12 @@ def exit_process(status: int) -> None:
         os._exit(status)
 
 
-def dir_url(path: str) -> str:
-    """`path` with one trailing slash. Object stores rename "directories" by key prefix, so
-    `rename("s3://b/tmp", "s3://b/1")` would also move `s3://b/tmp2/...`; with the slash
-    only the keys under `tmp/` move."""
-    return path.rstrip("/") + "/"
+def rename_dir(source: str, target: str) -> None:
+    """Renames a directory with `tf.io.gfile`. An object store renames "directories" by key
+    prefix, so `s3://b/tmp` -> `s3://b/1` would also move `s3://b/tmp2/...`: there both get a
+    trailing slash, and only the keys under `tmp/` move (copied, not atomically)."""
+    import tensorflow as tf
+
+    if is_remote(target):
+        source, target = source.rstrip("/") + "/", target.rstrip("/") + "/"
+    tf.io.gfile.rename(source, target)

@@ -15,7 +15,7 @@ import uuid
 
 import tensorflow as tf
 
-from multitower.storage import dir_url, is_remote
+from multitower.storage import rename_dir
 from pipeline.manifest import MANIFEST_NAME, day_dir
 
 _LOG = logging.getLogger("multitower.pipeline")
@@ -52,6 +52,4 @@ def swap_in(staged: str, final: str) -> None:
         tf.io.gfile.rmtree(final)
     if not tf.io.gfile.exists(staged):  # nothing was written: an object store has no empty dirs
         return
-    if is_remote(final):  # an object store renames by key prefix: only keys under `staged/`
-        staged, final = dir_url(staged), dir_url(final)
-    tf.io.gfile.rename(staged, final)
+    rename_dir(staged, final)

@@ -16,7 +16,7 @@ import tf_keras as keras
 
 from multitower.config import Config
 from multitower.records import feature_dtype
-from multitower.storage import dir_url, is_remote
+from multitower.storage import rename_dir
 from trainer.losses import invert_output
 
 
@@ -65,8 +65,5 @@ def export_saved_model(model: keras.Model, config: Config, version: int) -> str:
     tf.saved_model.save(
         model, tmp, signatures={"serving_default": serving_function(model, config)}
     )
-    if is_remote(final):  # an object store renames by key prefix: only keys under `tmp/`
-        tf.io.gfile.rename(dir_url(tmp), dir_url(final))
-    else:
-        tf.io.gfile.rename(tmp, final)
+    rename_dir(tmp, final)
     return final

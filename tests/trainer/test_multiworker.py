@@ -111,6 +111,16 @@ def test_export_loaded_fresh_reproduces_the_trained_model(two_days):
     assert np.all((click > 0) & (click < 1))
 
 
+def _train_one_worker(config_path: Path, date: str, out: Path) -> tuple[dict, str]:
+    """One trainer process with no cluster: its dump and its stderr."""
+    out.mkdir()
+    done = subprocess.run([sys.executable, WORKER, str(config_path), date, str(out)],
+                          env={**os.environ, "PYTHONPATH": REPO, "TF_CONFIG": ""},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return dict(np.load(out / "worker-0.npz")), done.stderr
+
+
 def _crash_day1(small_project, folder: Path) -> Path:
     """Day 1 on two workers with a backup every 3 steps; worker 1 dies after step 5."""
     broken = config_in(small_project, folder, train={"backup_every_steps": 3})
@@ -149,13 +159,7 @@ def test_next_day_on_one_worker_with_two_shards_continues_from_the_two_worker_ch
         two_days, small_project, tmp_path):
     config = config_in(small_project, tmp_path, embeddings={"num_shards": 2})
     shutil.copytree(two_days["folder"] / "model-after-day1", tmp_path / "model")
-    out = tmp_path / "day2"
-    out.mkdir()
-    done = subprocess.run([sys.executable, WORKER, str(config), DAYS[1], str(out)],
-                          env={**os.environ, "PYTHONPATH": REPO, "TF_CONFIG": ""},
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    dump = dict(np.load(out / "worker-0.npz"))
+    dump, _ = _train_one_worker(config, DAYS[1], tmp_path / "day2")
     assert int(dump["num_replicas"]) == 1
     steps = [m["rows"]["written"] // BATCH for m in two_days["manifests"][:2]]
     assert int(dump["global_step"]) == steps[0] + steps[1]  # continued, not restarted
@@ -179,16 +183,10 @@ def test_next_day_on_one_worker_with_two_shards_continues_from_the_two_worker_ch
 def test_relaunch_on_another_worker_count_restarts_the_day_from_the_last_checkpoint(
         two_days, small_project, tmp_path):
     broken = _crash_day1(small_project, tmp_path)  # leaves a 2-worker backup at step 3
-    out = tmp_path / "one-worker"
-    out.mkdir()
-    done = subprocess.run([sys.executable, WORKER, str(broken), DAYS[0], str(out)],
-                          env={**os.environ, "PYTHONPATH": REPO, "TF_CONFIG": ""},
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    dump = dict(np.load(out / "worker-0.npz"))
+    dump, stderr = _train_one_worker(broken, DAYS[0], tmp_path / "one-worker")
     # the whole day again (its data is split by worker count, so the backup cannot be reused),
     # from the last checkpoint: for day 1, the seeded new model
     steps = two_days["manifests"][0]["rows"]["written"] // BATCH
     assert int(dump["global_step"]) == steps
-    assert "new model" in done.stderr and "resuming from the backup" not in done.stderr
+    assert "new model" in stderr and "resuming from the backup" not in stderr
     assert not os.listdir(tmp_path / "model" / "backup")  # the stale backup is gone too
