@@ -17,14 +17,17 @@ $(READY): pyproject.toml requirements.lock
 demo: $(READY)  ## generate logs, preprocess, train two days on 2 workers, export, predict
 	$(BIN)/multitower demo --workdir demo-work
 
-test: $(READY)  ## every test, integration and end-to-end included
+test: $(READY)  ## ruff, the layer contract, then every test (integration and end-to-end included)
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 test-fast: $(READY)  ## unit tests only
 	$(BIN)/python -m pytest -q -m "not integration and not e2e"
 
-lint: $(READY)
+lint: $(READY)  ## ruff and the layer contract (pyproject.toml [tool.importlinter])
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 lock:  ## re-resolve requirements.lock from pyproject.toml in a throwaway venv
 	rm -rf /tmp/multitower-lock && $(PYTHON) -m venv /tmp/multitower-lock

@@ -10,8 +10,8 @@ global batch 512) trains under MultiWorkerMirroredStrategy with two worker proce
 - `plain`: `HashedEmbedding` (one variable, `tf.gather`) and tf-keras Adam on every variable, the
   trainer's path before tables were partitioned;
 - `partitioned`: `PartitionedEmbedding` (P from the minimum-shard-size rule unless --num-shards)
-  with the row-sparse embedding optimizer, dense variables on tf-keras Adam (`apply_split`), the
-  trainer's path (`MultiTaskModel.train_step`).
+  with the row-sparse embedding optimizer, dense variables on tf-keras Adam, both in one
+  `MultiTaskOptimizer`: the trainer's path (`MultiTaskModel.train_step`).
 
 The figure is the chief's step time (ms) from `model.fit`'s batch callbacks: after --warmup
 steps, the median of each round of --steps steps, and the lowest of --rounds rounds (the machine
@@ -73,9 +73,11 @@ def _worker(args: argparse.Namespace) -> None:
     import tensorflow as tf
     import tf_keras as keras
 
-    from trainer.embeddings import PartitionedEmbedding, apply_split, make_embedding_optimizer
+    from trainer.embeddings import PartitionedEmbedding, make_row_sparse_optimizer
     from trainer.features import HashedEmbedding
-    from trainer.strategy import make_strategy, task_info
+    from trainer.optimizer import MultiTaskOptimizer
+    from multitower.cluster import task_info
+    from trainer.strategy import make_strategy
 
     strategy = make_strategy()
     replicas = strategy.num_replicas_in_sync
@@ -89,11 +91,7 @@ def _worker(args: argparse.Namespace) -> None:
                 scaled = loss / replicas  # Keras sums gradients over replicas
             variables = self.trainable_variables
             grads = tape.gradient(scaled, variables)
-            if self.sparse_optimizer is None:
-                self.optimizer.apply_gradients(zip(grads, variables, strict=True))
-            else:
-                apply_split(self.optimizer, self.sparse_optimizer,
-                            zip(grads, variables, strict=True))
+            self.optimizer.apply_gradients(zip(grads, variables, strict=True))
             return {"loss": loss}
 
     class Clock(keras.callbacks.Callback):
@@ -127,9 +125,9 @@ def _worker(args: argparse.Namespace) -> None:
                                                  name="table")
             hidden = keras.layers.Dense(HIDDEN, activation="relu")(embedding(raw))
             model = Tiny(raw, keras.layers.Dense(1, activation="sigmoid")(hidden))
-            model.compile(optimizer=keras.optimizers.Adam(1e-3))
-            model.sparse_optimizer = (None if args.variant == "plain" else
-                                      make_embedding_optimizer(args.optimizer, 0.05))
+            dense = keras.optimizers.Adam(1e-3)
+            model.compile(optimizer=dense if args.variant == "plain" else MultiTaskOptimizer(
+                dense, make_row_sparse_optimizer(args.optimizer, 0.05)))
         clock = Clock()
         model.fit(dataset, epochs=1, steps_per_epoch=total, verbose=0, callbacks=[clock])
         rounds = (np.diff(clock.ends)[args.warmup:] * 1000).reshape(args.rounds, args.steps)

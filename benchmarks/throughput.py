@@ -58,7 +58,7 @@ def main() -> None:
             shutil.rmtree(config.train.export_dir, ignore_errors=True)
             t = time.perf_counter()
             run = subprocess.run(
-                [sys.executable, "-m", "multitower.cli", "train", "--config", str(config_path),
+                [sys.executable, "-m", "commands.cli", "train", "--config", str(config_path),
                  "--date", DATE, "--workers", str(workers)],
                 capture_output=True, text=True,
                 env={k: v for k, v in os.environ.items() if k != "TF_CONFIG"},
@@ -94,19 +94,16 @@ def main() -> None:
 
 def _input_against_memory(config, steps: int, warmup: int = 10) -> None:
     """Examples/s of the input alone, and of training from TFRecords and from memory."""
-    import json
 
     import tensorflow as tf
     import tf_keras as keras
 
-    from pipeline.manifest import day_dir
+    from multitower.manifest import partition_files, read_manifest
     from trainer.data import make_dataset
-    from trainer.model import build_model, compile_model
+    from trainer.training_model import build_training_model
 
-    folder = day_dir(config.data.tfrecords, DATE)
-    with open(os.path.join(folder, "_MANIFEST.json")) as f:
-        manifest = json.load(f)
-    files = [os.path.join(folder, name) for name in manifest["files"]]
+    manifest = read_manifest(config.data.tfrecords, DATE)
+    files = partition_files(config.data.tfrecords, DATE, manifest)
     batch = config.train.batch_size
     total = warmup + steps
 
@@ -137,8 +134,7 @@ def _input_against_memory(config, steps: int, warmup: int = 10) -> None:
         pass
     for name, dataset in (("TFRecords", records()), ("in memory", in_memory.repeat())):
         keras.utils.set_random_seed(config.train.seed)
-        model = build_model(config, normalization)
-        compile_model(model, config)
+        model = build_training_model(config, normalization)
         clock = Clock()
         model.fit(dataset, epochs=1, steps_per_epoch=total, verbose=0, callbacks=[clock])
         rate = steps * batch / (time.perf_counter() - clock.start)

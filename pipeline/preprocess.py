@@ -23,8 +23,9 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 
 import multitower
 from multitower.config import Config, DataConfig
+from multitower.dates import check_date
+from multitower.manifest import day_dir, write_manifest
 from multitower.records import encode_example
-from pipeline.manifest import check_date, day_dir, write_manifest
 from pipeline.publish import remove_quietly, staging_dir, swap_in
 from pipeline.read_logs import ReadLogLines, resolve_inputs
 from pipeline.stats import READ, REJECTED, VALID, ComputeStats
@@ -122,11 +123,11 @@ def run_preprocess(config: Config, date: str, beam_args: list[str] | None = None
             `--direct_num_workers=2`; the DirectRunner is used when no runner is given.
 
     Returns:
-        The manifest written to `<data.tfrecords>/dt=D/_MANIFEST.json` (see `pipeline.manifest`).
+        The manifest written to `<data.tfrecords>/dt=D/_MANIFEST.json` (see `multitower.manifest`).
 
     Raises:
         ValueError: `date` is not `YYYY-MM-DD`, or `beam_args` ask for an unsafe mode.
-        FileNotFoundError: The day has no log files.
+        InputMissingError: The day has no log files.
         RuntimeError: The counts do not add up; nothing was published.
     """
     check_date(date)

@@ -15,8 +15,8 @@ import uuid
 
 import tensorflow as tf
 
+from multitower.manifest import MANIFEST_NAME, day_dir
 from multitower.storage import rename_dir
-from pipeline.manifest import MANIFEST_NAME, day_dir
 
 _LOG = logging.getLogger("multitower.pipeline")
 

@@ -14,6 +14,7 @@ import tensorflow as tf
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 
+from multitower.errors import InputMissingError
 from multitower.storage import is_remote
 from pipeline.validate import LogLine
 
@@ -33,7 +34,7 @@ def resolve_inputs(pattern: str, date: str) -> list[str]:
         date: The day, only to name it in errors.
 
     Raises:
-        FileNotFoundError: Nothing to read.
+        InputMissingError: Nothing to read.
     """
     # An unreachable or unauthorized object store looks like an empty one to tf.io.gfile.
     hint = (" (on an object store also check the endpoint and credentials: AWS_ENDPOINT_URL_S3,"
@@ -43,13 +44,13 @@ def resolve_inputs(pattern: str, date: str) -> list[str]:
         files = [p for suffix in LOG_SUFFIXES for p in tf.io.gfile.glob(f"{base}/*{suffix}")
                  if not tf.io.gfile.isdir(p)]
         if not files:
-            raise FileNotFoundError(
+            raise InputMissingError(
                 f"no input logs for {date}: the directory {pattern} holds no "
                 f"{' or '.join('*' + s for s in LOG_SUFFIXES)} file{hint}")
     else:
         files = [p for p in tf.io.gfile.glob(pattern) if not tf.io.gfile.isdir(p)]
         if not files:
-            raise FileNotFoundError(
+            raise InputMissingError(
                 f"no input logs for {date}: nothing matches {pattern} (check data.logs in the "
                 f"config and that the day was exported){hint}")
     return sorted(_absolute(p) for p in files)

@@ -1,6 +1,7 @@
 """Row validation: a raw log line either becomes a clean row of the configured columns or a reason.
 
-Reasons name the key and what was wrong, `field 'item_price': expected a number, got str 'abc'`,
+Values are checked by `multitower.values.check_value`, the checker serving uses too. Reasons
+name the key and what was wrong, `field 'item_price': expected a number, got str 'abc'`,
 so that a rejected row can be fixed at its source. `reason_category` strips the specifics (the
 offending value) so that the manifest can count rejections per kind of problem.
 
@@ -11,17 +12,15 @@ transform that applies them to a PCollection is `ValidateRows`.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import apache_beam as beam
 
 from multitower.config import DataConfig
+from multitower.values import check_value
 
 REJECTED_TAG = "rejected"
-_MAX_SHOWN = 40  # characters of an offending value quoted in a reason
-_FLOAT32_MAX = 3.4028234663852886e38
 
 
 class LogLine(NamedTuple):
@@ -30,44 +29,6 @@ class LogLine(NamedTuple):
     source: str
     line: int
     text: bytes
-
-
-def _describe(value: Any) -> str:
-    shown = repr(value)
-    if len(shown) > _MAX_SHOWN:
-        shown = shown[: _MAX_SHOWN - 3] + "..."
-    return f"{type(value).__name__} {shown}"
-
-
-def _check(name: str, value: Any, kind: str) -> tuple[Any, str | None]:
-    """Checks one value against a kind: string, int64, float32, binary or regression.
-
-    Returns the value as it is encoded (floats as `float`) and None, or None and a reason.
-    """
-    if value is None:
-        return None, f"field {name!r}: null value"
-    if kind == "string":
-        if isinstance(value, str):
-            return value, None
-        return None, f"field {name!r}: expected a string, got {_describe(value)}"
-    # bool is a subclass of int in Python, but `true` is not a count or a price.
-    is_int = isinstance(value, int) and not isinstance(value, bool)
-    if kind == "int64":
-        if is_int and -(2**63) <= value < 2**63:
-            return value, None
-        return None, f"field {name!r}: expected an integer, got {_describe(value)}"
-    if kind == "binary":
-        if value in (0, 1) and isinstance(value, int | float):  # 0, 1, 0.0, 1.0, false, true
-            return float(value), None
-        return None, f"field {name!r}: expected a binary label 0 or 1, got {_describe(value)}"
-    if not (is_int or isinstance(value, float)):
-        return None, f"field {name!r}: expected a number, got {_describe(value)}"
-    number = float(value)
-    if not math.isfinite(number):
-        return None, f"field {name!r}: expected a finite number, got {_describe(value)}"
-    if abs(number) > _FLOAT32_MAX:  # every float lands in a float32 (features and labels alike)
-        return None, f"field {name!r}: number out of float32 range, got {_describe(value)}"
-    return number, None
 
 
 def _columns(data: DataConfig) -> list[tuple[str, str, bool]]:
@@ -97,7 +58,7 @@ def validate_row(row: object, data: DataConfig) -> tuple[dict[str, Any] | None, 
             continue
         if name not in row:
             return None, f"missing field {name!r}"
-        value, reason = _check(name, row[name], kind)
+        value, reason = check_value(name, row[name], kind)
         if reason is not None:
             return None, reason
         clean[name] = value

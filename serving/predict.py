@@ -1,34 +1,30 @@
 """Load the newest exported version and score raw rows through its `serving_default` signature.
 
 This is the same SavedModel TF Serving loads; the TF Serving client comes in `serving/` later.
+Request values are checked by `multitower.values.check_value`, the checker log validation uses,
+so a value is refused for the same reason in a log and in a request.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
-import os
 from collections.abc import Iterable, Iterator
 
 import numpy as np
 import tensorflow as tf
 
-from trainer.export import versions
+from multitower.errors import MultitowerError
+from multitower.exports import newest_version
+from multitower.values import check_value
 
 
-class PredictError(ValueError):
+class PredictError(MultitowerError, ValueError):
     """Input rows do not fit the model's signature; the message names the row and the key."""
 
 
-def newest_version(model_base: str) -> tuple[int, str]:
-    """`(version, path)` of the highest integer version under `<export>/<model name>`."""
-    found = versions(model_base)
-    if not found:
-        raise FileNotFoundError(
-            f"no exported version under {model_base}: expected integer folders such as "
-            f"{os.path.join(model_base, '1')}; train a day first (multitower train)"
-        )
-    return found[-1], os.path.join(model_base, str(found[-1]))
+# The signature's dtypes as the value checker's kinds.
+_KINDS = {tf.string: "string", tf.int64: "int64", tf.float32: "float32"}
 
 
 def read_rows(path: str) -> Iterator[tuple[int, dict]]:
@@ -58,22 +54,17 @@ class Predictor:
         self.outputs = sorted(self._fn.structured_outputs)
 
     def _column(self, name: str, spec: tf.TensorSpec, rows: list[tuple[str, dict]]) -> tf.Tensor:
+        kind = _KINDS.get(spec.dtype)
+        if kind is None:
+            raise PredictError(f"{self.path}: input {name!r} has dtype {spec.dtype.name}, "
+                               f"which no log column has")
         values = []
         for where, row in rows:
-            if name not in row or row[name] is None:
-                raise PredictError(f"{where}: missing feature {name!r}")
-            value = row[name]
-            ok = (
-                isinstance(value, str) if spec.dtype == tf.string
-                else isinstance(value, int) and not isinstance(value, bool)
-                if spec.dtype.is_integer
-                else isinstance(value, int | float) and not isinstance(value, bool)
-            )
-            if not ok:
-                raise PredictError(
-                    f"{where}: feature {name!r} must be {spec.dtype.name}, "
-                    f"got {type(value).__name__} {value!r}"
-                )
+            if name not in row:
+                raise PredictError(f"{where}: missing field {name!r}")
+            value, reason = check_value(name, row[name], kind)
+            if reason is not None:
+                raise PredictError(f"{where}: {reason}")
             values.append(value)
         return tf.constant(values, dtype=spec.dtype)
 

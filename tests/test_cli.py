@@ -5,9 +5,8 @@ from pathlib import Path
 import yaml
 from click.testing import CliRunner
 
-from multitower.cli import main
-
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "impressions.yaml"
+from commands.cli import main
+from tests.helpers import EXAMPLE
 
 
 def _config(tmp_path: Path, **train) -> str:

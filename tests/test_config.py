@@ -6,8 +6,7 @@ import pytest
 import yaml
 
 from multitower.config import ConfigError, load_config, parse_config
-
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "impressions.yaml"
+from tests.helpers import EXAMPLE
 
 
 @pytest.fixture
@@ -148,3 +147,26 @@ def test_embedding_partitioning_and_optimizer_keys_are_checked(raw, tmp_path):
     assert "bad.yaml: model.embeddings.shards: unknown key" in msg
     assert "bad.yaml: train.embedding_optimizer: Input should be 'adagrad', 'ftrl', " \
            "'lazy_adam' or 'sgd'" in msg
+
+
+def test_table_placement_defaults_to_replicated_and_only_replicated_is_accepted(raw, tmp_path):
+    config = parse_config(raw)
+    assert config.model.embeddings.placement == "replicated"
+    assert config.model.embeddings.placement_of("user_id") == "replicated"
+    raw["model"]["embeddings"] = {"placement": "replicated",
+                                  "tables": {"user_id": {"placement": "replicated"}}}
+    assert parse_config(raw).model.embeddings.placement_of("user_id") == "replicated"
+    raw["model"]["embeddings"] = {"placement": "model_parallel",
+                                  "tables": {"item_id": {"placement": "row_sharded"}}}
+    msg = _error(raw, tmp_path)
+    assert "bad.yaml: model.embeddings.placement: Input should be 'replicated' (got " \
+           "'model_parallel')" in msg
+    assert "bad.yaml: model.embeddings.tables.item_id.placement: Input should be 'replicated' " \
+           "(got 'row_sharded')" in msg
+
+
+def test_a_placement_for_a_table_that_does_not_exist_is_named(raw, tmp_path):
+    raw["model"]["embeddings"] = {"tables": {"user_idd": {"placement": "replicated"}}}
+    msg = _error(raw, tmp_path)
+    assert "model.embeddings.tables: 'user_idd' is not an embedding table" in msg
+

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def test_demo_runs_every_stage_and_the_model_learns(tmp_path):
     run = subprocess.run(
-        [sys.executable, "-m", "multitower.cli", "demo", "--workdir", str(tmp_path),
+        [sys.executable, "-m", "commands.cli", "demo", "--workdir", str(tmp_path),
          "--rows-per-day", "8000", "--workers", "1"],
         capture_output=True, text=True, cwd=REPO, timeout=900,
     )

@@ -74,7 +74,7 @@ def _read(client, key: str) -> str:
 
 
 def _multitower(s3: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "multitower.cli", *args], env=s3["env"],
+    return subprocess.run([sys.executable, "-m", "commands.cli", *args], env=s3["env"],
                           cwd=REPO, capture_output=True, text=True, timeout=900)
 
 

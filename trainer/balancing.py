@@ -32,17 +32,17 @@ counts only the tasks with a positive base weight.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import tensorflow as tf
 
 from multitower.config import TrainConfig
+from trainer.gradients import Gradient, compact_rows, flat_dense, project_conflicts
 
 METHODS = ("fixed", "uncertainty", "gradnorm", "dwa", "pcgrad")
 # A GradNorm step may overshoot 0, and a negative weight would reward a rising loss.
 _MIN_GRADNORM_WEIGHT = 1e-3
-Gradient = tf.Tensor | tf.IndexedSlices | None
 
 
 def _state(initial: Any, name: str) -> tf.Variable:
@@ -145,12 +145,33 @@ class Balancer(tf.Module):
                 raise ValueError(f"the loss of task {name!r} must be a scalar, got {loss.shape}")
         return self._gradients(tape, losses, list(variables), list(shared), list(last_shared))
 
+    def total(self, task_losses: dict[str, tf.Tensor]) -> tf.Tensor:
+        """The objective the method trains on, with the balancer's current state.
+
+        Validation reports this as its `loss`, so that it means what training's `loss` means:
+        sum_i w_i L_i with the current weights, plus uncertainty's log-variance terms (PCGrad,
+        which has no weights of its own, reports the fixed-weight sum).
+
+        Args:
+            task_losses: `{task: scalar}` for exactly the balancer's tasks.
+
+        Returns:
+            A scalar.
+        """
+        if set(task_losses) != set(self._names):
+            raise ValueError(f"task_losses must name exactly the tasks {list(self._names)}, "
+                             f"got {sorted(task_losses)}")
+        return self._total([task_losses[n] for n in self._names])
+
+    def _total(self, losses: list[tf.Tensor]) -> tf.Tensor:
+        return tf.reduce_sum(self._weight_vector() * _loss_vector(losses))
+
     def _weight_vector(self) -> tf.Tensor:
         return tf.constant(self._base)
 
     def _gradients(self, tape, losses, variables, shared, last_shared):
         weights = self._weight_vector()
-        total = tf.reduce_sum(weights * _loss_vector(losses))
+        total = self._total(losses)
         return total, self._weighted_gradients(tape, losses, weights, variables)
 
     def _weighted_gradients(self, tape, losses, weights, variables) -> list[Gradient]:
@@ -189,12 +210,16 @@ class UncertaintyBalancer(Balancer):
     def _weight_vector(self) -> tf.Tensor:
         return tf.constant(self._base) * tf.exp(-tf.convert_to_tensor(self.log_variance))
 
-    def _gradients(self, tape, losses, variables, shared, last_shared):
+    def _total(self, losses: list[tf.Tensor]) -> tf.Tensor:
         s = tf.convert_to_tensor(self.log_variance)
+        mask = tf.constant(self._mask)
+        return tf.reduce_sum(mask * (self._weight_vector() * _loss_vector(losses) + s))
+
+    def _gradients(self, tape, losses, variables, shared, last_shared):
         weights = self._weight_vector()
         mask = tf.constant(self._mask)
         loss_vector = _loss_vector(losses)
-        total = tf.reduce_sum(mask * (weights * loss_vector + s))
+        total = self._total(losses)
         grads = self._weighted_gradients(tape, losses, weights, variables)
         # A switched-off task's s gets no gradient: its +s term alone would drive it to -inf.
         s_grad = mask * (1.0 - weights * loss_vector) * _replica_scale()
@@ -236,7 +261,7 @@ class GradNormBalancer(Balancer):
             raise ValueError("gradnorm needs the last shared layer's variables (last_shared)")
         context = tf.distribute.get_replica_context()
         weights = self._weight_vector()
-        total = tf.reduce_sum(weights * _loss_vector(losses))
+        total = self._total(losses)  # with the weights before this step's update
         grads = self._weighted_gradients(tape, losses, weights, variables)
 
         scale = _replica_scale()
@@ -245,7 +270,7 @@ class GradNormBalancer(Balancer):
         for i in self._active:
             parts = tape.gradient(losses[i], last_shared)
             per_task[i] = tf.concat(
-                [_flat_dense(g, v) for g, v in zip(parts, last_shared, strict=True)], axis=0)
+                [flat_dense(g, v) for g, v in zip(parts, last_shared, strict=True)], axis=0)
         # The global batch's mean gradients and losses: identical on every replica and worker.
         task_grads, mean_losses = context.all_reduce(
             tf.distribute.ReduceOp.SUM, [tf.stack(per_task) * scale, _loss_vector(losses) * scale]
@@ -328,7 +353,7 @@ class PCGradBalancer(Balancer):
 
     def _gradients(self, tape, losses, variables, shared, last_shared):
         weights = self._weight_vector()
-        total = tf.reduce_sum(weights * _loss_vector(losses))
+        total = self._total(losses)
         own = [v for v, s in zip(variables, shared, strict=True) if not s]
         common = [v for v, s in zip(variables, shared, strict=True) if s]
         own_grads = iter(self._weighted_gradients(tape, losses, weights, own))
@@ -344,91 +369,23 @@ class PCGradBalancer(Balancer):
                     for i in self._active]
         flat, rebuilders = [], []
         for k, variable in enumerate(variables):
-            compact, rebuild = _compact([g[k] for g in per_task], variable)
+            compact, rebuild = compact_rows([g[k] for g in per_task], variable)
             flat.append(compact)
             rebuilders.append(rebuild)
         kept = [k for k, c in enumerate(flat) if c is not None]
         if not kept:
             return [None] * len(variables)
         stacked = tf.concat([flat[k] for k in kept], axis=1)  # (tasks, elements)
-        projected = _project(stacked, self.seed)
+        projected = project_conflicts(stacked, self.seed)
         summed = tf.reduce_sum(projected, axis=0)
         sizes = [tf.shape(flat[k])[1] for k in kept]
         pieces = dict(zip(kept, tf.split(summed, tf.stack(sizes), num=len(kept)), strict=True))
         return [rebuilders[k](pieces[k]) if k in pieces else None for k in range(len(variables))]
 
 
-def _project(grads: tf.Tensor, seed: int | None) -> tf.Tensor:
-    """PCGrad's projections on `(tasks, elements)` per-task gradients; returns the same shape."""
-    count = grads.shape[0]
-    squared = tf.reduce_sum(grads * grads, axis=1)
-    projected = []
-    for i in range(count):
-        g = grads[i]
-        others = [j for j in range(count) if j != i]
-        if not others:
-            projected.append(g)
-            continue
-        order = tf.random.shuffle(tf.constant(others), seed=seed)
-        for k in range(len(others)):
-            j = order[k]
-            other = tf.gather(grads, j)
-            dot = tf.reduce_sum(g * other)
-            norm = tf.gather(squared, j)
-            conflict = (dot < 0) & (norm > 0)
-            g -= tf.where(conflict, dot / tf.where(conflict, norm, 1.0), 0.0) * other
-        projected.append(g)
-    return tf.stack(projected)
-
-
 def _loss_vector(losses: list[tf.Tensor]) -> tf.Tensor:
     """The losses as one float32 vector, for arithmetic (never a gradient target)."""
     return tf.stack([tf.cast(loss, tf.float32) for loss in losses])
-
-
-def _flat_dense(grad: Gradient, variable: tf.Variable) -> tf.Tensor:
-    """A gradient as a float32 vector (zeros where the task does not reach the variable)."""
-    if grad is None:
-        return tf.zeros([variable.shape.num_elements()])
-    return tf.cast(tf.reshape(tf.convert_to_tensor(grad), [-1]), tf.float32)
-
-
-def _compact(grads: list[Gradient], variable: tf.Variable
-             ) -> tuple[tf.Tensor | None, Callable[[tf.Tensor], Gradient]]:
-    """Per-task gradients of one variable as `(tasks, elements)`, and the way back.
-
-    Dense gradients flatten the whole variable. When every present gradient is sparse, rows are
-    gathered over the union of touched rows (duplicates summed), so a large embedding table is
-    never densified; the way back returns `tf.IndexedSlices` on those rows. The projection works
-    in float32; the way back returns the variable's dtype.
-    """
-    present = [g for g in grads if g is not None]
-    if not present:
-        return None, lambda flat: None
-    dtype = variable.dtype
-    if not all(isinstance(g, tf.IndexedSlices) for g in present):
-        rows = [_flat_dense(g, variable) for g in grads]
-        return tf.stack(rows), lambda flat: tf.cast(tf.reshape(flat, variable.shape), dtype)
-    row_shape = tf.constant(variable.shape[1:].as_list(), tf.int32)
-    indices = tf.concat([g.indices for g in present], axis=0)
-    unique, positions = tf.unique(indices)
-    count = tf.size(unique)
-    segments = iter(tf.split(positions, tf.stack([tf.size(g.indices) for g in present]),
-                             num=len(present)))
-    rows = []
-    for g in grads:
-        if g is None:
-            values = tf.zeros(tf.concat([[count], row_shape], axis=0))
-        else:
-            values = tf.math.unsorted_segment_sum(tf.cast(g.values, tf.float32), next(segments),
-                                                  count)
-        rows.append(tf.reshape(values, [-1]))
-    dense_shape = present[0].dense_shape
-    if dense_shape is None:
-        dense_shape = tf.shape(variable)
-    return tf.stack(rows), lambda flat: tf.IndexedSlices(
-        tf.cast(tf.reshape(flat, tf.concat([[count], row_shape], axis=0)), dtype), unique,
-        dense_shape)
 
 
 def make_balancer(method: str, task_names: Sequence[str], base_weights: dict[str, float],

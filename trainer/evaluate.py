@@ -14,15 +14,17 @@ import os
 
 import numpy as np
 import tensorflow as tf
+import tf_keras as keras
 
 from multitower.config import Config
-from pipeline.manifest import day_dir, read_manifest
+from multitower.manifest import partition_files, read_manifest
 from trainer.data import make_dataset
 from trainer.embeddings import restore_checkpoint
-from trainer.incremental import CHECKPOINTS, TrainingError
+from trainer.incremental import TrainingError
 from trainer.losses import invert_output
 from trainer.metrics import auc, calibration, logloss, mae, rmse
-from trainer.model import GATE_PREFIX, build_model
+from trainer.model_dir import ModelDir
+from trainer.network import GATE_PREFIX, Normalization, build_network
 from trainer.state import load_state
 
 log = logging.getLogger("multitower.trainer")
@@ -69,16 +71,16 @@ def gate_summary(gates: dict[str, np.ndarray]) -> dict[str, dict]:
     return summary
 
 
-def evaluate_model(config: Config, model, date: str, checkpoint: str) -> dict:
-    """Scores the day's TFRecords with `model` (outside any distribution strategy)."""
+def evaluate_model(config: Config, network: keras.Model, date: str, checkpoint: str) -> dict:
+    """Scores the day's TFRecords with `network` (outside any distribution strategy)."""
     manifest = read_manifest(config.data.tfrecords, date)
-    files = [os.path.join(day_dir(config.data.tfrecords, date), f) for f in manifest["files"]]
+    files = partition_files(config.data.tfrecords, date, manifest)
     dataset = make_dataset(files, config.data, config.train.batch_size, repeat=False,
                            drop_remainder=False)
     outputs: dict[str, list[np.ndarray]] = {}
     labels: dict[str, list[np.ndarray]] = {}
     for features, batch_labels in dataset:
-        for name, value in model(features, training=False).items():
+        for name, value in network(features, training=False).items():
             outputs.setdefault(name, []).append(value.numpy())
         for name, value in batch_labels.items():
             labels.setdefault(name, []).append(value.numpy()[:, 0])
@@ -102,11 +104,12 @@ def evaluate_model(config: Config, model, date: str, checkpoint: str) -> dict:
     }
 
 
-def restore_plain_model(config: Config, normalization, checkpoint: str):
-    """The model of `checkpoint`, built outside any strategy (no collectives to read it)."""
-    model = build_model(config, normalization)
-    restore_checkpoint(tf.train.Checkpoint(model=model), checkpoint)  # weights only
-    return model
+def restore_network(config: Config, normalization: Normalization, checkpoint: str
+                    ) -> keras.Model:
+    """The network of `checkpoint`, built outside any strategy (no collectives to read it)."""
+    network = build_network(config, normalization)
+    restore_checkpoint(tf.train.Checkpoint(network=network), checkpoint)  # weights only
+    return network
 
 
 def evaluate_day(config: Config, date: str, output: str | None = None) -> dict:
@@ -116,13 +119,14 @@ def evaluate_day(config: Config, date: str, output: str | None = None) -> dict:
     """
     read_manifest(config.data.tfrecords, date)  # a missing day fails before any model work
     state = load_state(config.train.model_dir)
-    latest = tf.train.latest_checkpoint(os.path.join(config.train.model_dir, CHECKPOINTS))
+    model_dir = ModelDir(config.train.model_dir)
+    latest = tf.train.latest_checkpoint(model_dir.checkpoints)
     if state is None or latest is None:
         raise TrainingError(f"{config.train.model_dir} holds no trained model; train a day first")
-    model = restore_plain_model(config, state.normalization, latest)
-    report = evaluate_model(config, model, date, latest)
+    network = restore_network(config, state.normalization, latest)
+    report = evaluate_model(config, network, date, latest)
     report["trained_through"] = state.last_date
-    path = output or os.path.join(config.train.model_dir, "eval", f"dt={date}.json")
+    path = output or model_dir.eval_report(date)
     tf.io.gfile.makedirs(os.path.dirname(path))
     with tf.io.gfile.GFile(path, "w") as f:
         f.write(json.dumps(report, indent=2))

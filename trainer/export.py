@@ -1,4 +1,4 @@
-"""Versioned SavedModels for TF Serving: `<export_dir>/<model name>/<version>/`.
+"""Versioned SavedModels for TF Serving, in the layout of `multitower.exports`.
 
 The `serving_default` signature takes the raw features by their log names and dtypes, shape
 `(batch,)`, and returns `{task name: (batch,)}`: a probability for binary tasks, a regression
@@ -15,17 +15,15 @@ import tensorflow as tf
 import tf_keras as keras
 
 from multitower.config import Config
+from multitower.errors import MultitowerError
+from multitower.exports import model_base, version_dir
 from multitower.records import feature_dtype
 from multitower.storage import rename_dir
 from trainer.losses import invert_output
 
 
-def versions(model_base: str) -> list[int]:
-    """The integer versions already exported under `model_base`, ascending."""
-    if not tf.io.gfile.isdir(model_base):
-        return []
-    names = (n.rstrip("/") for n in tf.io.gfile.listdir(model_base))
-    return sorted(int(n) for n in names if n.isdigit())
+class VersionExistsError(MultitowerError, FileExistsError):
+    """An export version folder exists already; versions are never overwritten."""
 
 
 def serving_function(model: keras.Model, config: Config) -> tf.types.experimental.ConcreteFunction:
@@ -56,10 +54,10 @@ def export_saved_model(model: keras.Model, config: Config, version: int) -> str:
     The SavedModel is written under a temporary name that TF Serving ignores (it is not an
     integer), then renamed.
     """
-    base = os.path.join(config.train.export_dir, config.model.name)
-    final = os.path.join(base, str(version))
+    base = model_base(config.train.export_dir, config.model.name)
+    final = version_dir(base, version)
     if tf.io.gfile.exists(final):
-        raise FileExistsError(f"{final} already exists; versions are never overwritten")
+        raise VersionExistsError(f"{final} already exists; versions are never overwritten")
     tmp = os.path.join(base, f".tmp-{version}-{uuid.uuid4().hex}")
     tf.io.gfile.makedirs(base)
     tf.saved_model.save(

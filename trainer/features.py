@@ -119,7 +119,7 @@ def embedding_tables(
             f.hash_buckets, f.embedding_dim,
             num_shards=None if shards is None else min(shards, f.hash_buckets),
             min_shard_rows=embeddings.min_shard_rows, max_shards=embeddings.max_shards,
-            name=f"{prefix}embed_{f.table}",
+            placement=embeddings.placement_of(f.table), name=f"{prefix}embed_{f.table}",
         )
     return tables
 
@@ -134,16 +134,16 @@ def feature_vector(
     """Concatenates every categorical embedding and the standardized numeric columns.
 
     Args:
-      inputs: raw feature tensors of shape `(batch,)`, keyed by log name.
-      data: the data part of the config.
-      normalization: `{numeric feature: {"mean": m, "std": s}}` from the first trained day.
-      embeddings: how tables are split into shards (defaults when None).
-      prefix: prepended to layer names, so that several sets of embeddings can coexist (the
-        single-task baseline gives every task its own).
+        inputs: raw feature tensors of shape `(batch,)`, keyed by log name.
+        data: the data part of the config.
+        normalization: `{numeric feature: {"mean": m, "std": s}}` from the first trained day.
+        embeddings: how tables are split into shards (defaults when None).
+        prefix: prepended to layer names, so that several sets of embeddings can coexist (the
+          single-task baseline gives every task its own).
 
     Returns:
-      A float32 tensor of shape `(batch, sum(embedding_dim) + number of numeric features)`,
-      embeddings in the order of the features.
+        A float32 tensor of shape `(batch, sum(embedding_dim) + number of numeric features)`,
+        embeddings in the order of the features.
     """
     tables = embedding_tables(data, embeddings or EmbeddingsConfig(), prefix)
     parts = [tables[f.table](inputs[f.name]) for f in data.categorical]

@@ -74,12 +74,12 @@ def build_heads(config: Config, per_task: list[tf.Tensor]) -> dict[str, tf.Tenso
     """Towers on the backbone's per-task outputs, and the ESMM chain when configured.
 
     Args:
-      config: the whole config (tasks, model.heads, model.esmm, tower sizes).
-      per_task: the backbone's outputs, one `(batch, d)` tensor per task, in task order.
+        config: the whole config (tasks, model.heads, model.esmm, tower sizes).
+        per_task: the backbone's outputs, one `(batch, d)` tensor per task, in task order.
 
     Returns:
-      `{task name: (batch, 1)}`; with ESMM also `{ctcvr_name: (batch, 1)}` = pCTR x pCVR, where
-      the CTR task's output is pCTR and the CVR task's output is pCVR.
+        `{task name: (batch, 1)}`; with ESMM also `{ctcvr_name: (batch, 1)}` = pCTR x pCVR, where
+        the CTR task's output is pCTR and the CVR task's output is pCVR.
     """
     spec = config.model
     outputs = {

@@ -1,4 +1,4 @@
-"""`model_dir/metrics_history.jsonl`: progressive validation and drift, one record per day.
+"""`ModelDir.history`: progressive validation and drift, one JSON line per day.
 
 Before a model trains on day D it is scored on D, which it has never seen (progressive
 validation): the honest daily quality figure. The record also holds how far the day's numeric
@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 
 import tensorflow as tf
 
+from trainer.model_dir import ModelDir
+
 log = logging.getLogger("multitower.trainer")
-HISTORY_NAME = "metrics_history.jsonl"
 DRIFT_WARNING = 0.5  # a mean moved by half a frozen std, or a std off by this factor from 1
 
 
@@ -42,12 +42,12 @@ def numeric_drift(normalization: dict, manifest: dict) -> dict[str, dict[str, fl
 
 def append_history(model_dir: str, record: dict) -> None:
     """Appends one JSON line and the record's scalars to TensorBoard."""
-    path = os.path.join(model_dir, HISTORY_NAME)
+    path = ModelDir(model_dir).history
     previous = tf.io.gfile.GFile(path).read() if tf.io.gfile.exists(path) else ""
     # Object stores cannot append: rewrite the whole (small) file.
     with tf.io.gfile.GFile(path, "w") as f:
         f.write(previous + json.dumps(record, sort_keys=True) + "\n")
-    writer = tf.summary.create_file_writer(os.path.join(model_dir, "tensorboard", "progressive"))
+    writer = tf.summary.create_file_writer(ModelDir(model_dir).progressive_tensorboard)
     with writer.as_default(step=int(record["global_step"])):
         for task, values in record.get("tasks", {}).items():
             for metric, value in values.items():
@@ -57,7 +57,8 @@ def append_history(model_dir: str, record: dict) -> None:
 
 
 def read_history(model_dir: str) -> list[dict]:
-    path = os.path.join(model_dir, HISTORY_NAME)
+    """Every record appended so far, oldest first."""
+    path = ModelDir(model_dir).history
     if not tf.io.gfile.exists(path):
         return []
     return [json.loads(line) for line in tf.io.gfile.GFile(path).read().splitlines() if line]

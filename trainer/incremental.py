@@ -10,18 +10,17 @@ A model trains one day after another. Before day D:
 
 from __future__ import annotations
 
-import datetime as dt
-import os
 from dataclasses import dataclass, replace
 
 import tensorflow as tf
 
+from multitower.dates import next_day
+from multitower.errors import MultitowerError
+from trainer.model_dir import ModelDir
 from trainer.state import TrainState
 
-CHECKPOINTS = "checkpoints"
 
-
-class TrainingError(RuntimeError):
+class TrainingError(MultitowerError, RuntimeError):
     """A day cannot be trained as asked; the message says why and what to do."""
 
 
@@ -35,12 +34,8 @@ class StartPoint:
 
 def checkpoint_at(model_dir: str, global_step: int) -> str | None:
     """The checkpoint saved at `global_step`, if it is still kept."""
-    prefix = os.path.join(model_dir, CHECKPOINTS, f"ckpt-{global_step}")
+    prefix = ModelDir(model_dir).checkpoint(global_step)
     return prefix if tf.io.gfile.exists(prefix + ".index") else None
-
-
-def _next_day(date: str) -> str:
-    return (dt.date.fromisoformat(date) + dt.timedelta(days=1)).isoformat()
 
 
 def plan_day(
@@ -61,7 +56,7 @@ def plan_day(
             raise TrainingError(
                 f"{what}; days are trained in order. Pass --force to train it again from the "
                 f"checkpoint taken before it ({'a new model' if not before else before[-1].date})"
-                f", which drops the days after it from {model_dir}/state.json"
+                f", which drops the days after it from {ModelDir(model_dir).state}"
             )
         if not before:
             return StartPoint(None, replace(state, days=[]))
@@ -69,10 +64,10 @@ def plan_day(
         if checkpoint is None:
             raise TrainingError(
                 f"cannot retrain {date}: the checkpoint taken after {before[-1].date} (step "
-                f"{before[-1].global_step}) is no longer kept in {model_dir}/{CHECKPOINTS}"
+                f"{before[-1].global_step}) is no longer kept in {ModelDir(model_dir).checkpoints}"
             )
         return StartPoint(checkpoint, replace(state, days=before))
-    expected = _next_day(last.date)
+    expected = next_day(last.date)
     if date != expected and not allow_gap:
         raise TrainingError(
             f"day {date} leaves a gap: the last trained day is {last.date}, so the next is "
@@ -81,17 +76,7 @@ def plan_day(
     checkpoint = checkpoint_at(model_dir, last.global_step)
     if checkpoint is None:
         raise TrainingError(
-            f"{model_dir}/state.json says {last.date} ended at step {last.global_step}, but "
-            f"{model_dir}/{CHECKPOINTS}/ckpt-{last.global_step} is missing"
+            f"{ModelDir(model_dir).state} says {last.date} ended at step {last.global_step}, but "
+            f"{ModelDir(model_dir).checkpoint(last.global_step)} is missing"
         )
     return StartPoint(checkpoint, state)
-
-
-def date_range(spec: str) -> list[str]:
-    """`A:B` (both included) as a list of dates; `A` alone is one day."""
-    first, _, last = spec.partition(":")
-    start = dt.date.fromisoformat(first)
-    end = dt.date.fromisoformat(last or first)
-    if end < start:
-        raise ValueError(f"date range {spec!r} ends before it starts")
-    return [(start + dt.timedelta(days=i)).isoformat() for i in range((end - start).days + 1)]

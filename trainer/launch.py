@@ -7,7 +7,6 @@ stopped at once rather than left waiting on a collective.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import socket
@@ -16,6 +15,8 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+
+from multitower.cluster import tf_config
 
 # Start-up lines every TensorFlow 2.16 process prints that say nothing about this run: the CUDA
 # plugin double registration (harmless on CPU and GPU, tensorflow/tensorflow#62075) and absl's
@@ -43,11 +44,8 @@ def free_ports(n: int) -> list[int]:
 
 def cluster_env(num_workers: int, index: int, ports: Sequence[int]) -> dict[str, str]:
     """The environment of worker `index` in a localhost cluster."""
-    tf_config = {
-        "cluster": {"worker": [f"localhost:{p}" for p in ports]},
-        "task": {"type": "worker", "index": index},
-    }
-    return {**os.environ, "TF_CONFIG": json.dumps(tf_config)}
+    return {**os.environ,
+            "TF_CONFIG": tf_config([f"localhost:{p}" for p in ports[:num_workers]], index)}
 
 
 def _pump(stream, prefix: str, sink) -> None:
@@ -69,13 +67,13 @@ def run_local_workers(
     """Runs `python argv...` as `num_workers` workers of one localhost cluster.
 
     Args:
-      argv: arguments after the Python executable, e.g. `["-m", "multitower.cli", "train", ...]`.
-      num_workers: processes to start; worker 0 is the chief.
-      extra_env: variables added to every worker's environment.
-      echo_workers: also print non-chief output (always printed when a worker fails).
+        argv: arguments after the Python executable, e.g. `["-m", "commands.cli", "train", ...]`.
+        num_workers: processes to start; worker 0 is the chief.
+        extra_env: variables added to every worker's environment.
+        echo_workers: also print non-chief output (always printed when a worker fails).
 
     Returns:
-      0 if every worker succeeded, else the first failing worker's exit code.
+        0 if every worker succeeded, else the first failing worker's exit code.
     """
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from dataclasses import asdict, dataclass, field
 
 import tensorflow as tf
 
-STATE_NAME = "state.json"
+from multitower.errors import MultitowerError
+from trainer.model_dir import LAYOUT_VERSION, ModelDir
+
+
+class StateError(MultitowerError, ValueError):
+    """`state.json` is unreadable, or was written by another layout of `model_dir`."""
 
 
 @dataclass
 class TrainedDay:
+    """One trained day: where it ended, what it read, the version it exported, its metrics."""
+
     date: str
     global_step: int
     steps: int
@@ -27,13 +33,15 @@ class TrainState:
     """The warm-start record the chief writes after each trained day.
 
     `normalization` holds the numeric constants frozen from the first trained day; the
-    `schema_fingerprint` is the data schema the model's inputs were built for.
+    `schema_fingerprint` is the data schema the model's inputs were built for;
+    `layout_version` the `model_dir` layout it was written with (`trainer.model_dir`).
     """
 
     model_name: str
     schema_fingerprint: str
     normalization: dict[str, dict[str, float]]
     days: list[TrainedDay] = field(default_factory=list)
+    layout_version: int = LAYOUT_VERSION
 
     @property
     def last_date(self) -> str | None:
@@ -50,26 +58,39 @@ class TrainState:
 
 
 def load_state(model_dir: str) -> TrainState | None:
-    """Reads the state, or None for a model that was never trained."""
-    path = os.path.join(model_dir, STATE_NAME)
+    """Reads the state, or None for a model that was never trained.
+
+    Raises:
+        StateError: The file is not a valid state, or its layout version is not this code's.
+    """
+    path = ModelDir(model_dir).state
     if not tf.io.gfile.exists(path):
         return None
     try:
         doc = json.loads(tf.io.gfile.GFile(path).read())
+        version = doc.get("layout_version", 1)  # layout version 1 wrote none
+    except (ValueError, AttributeError) as err:
+        raise StateError(f"{path}: not a valid multitower state file ({err!r})") from None
+    if version != LAYOUT_VERSION:
+        raise StateError(
+            f"{path}: this model_dir was written with layout version {version}, this multitower "
+            f"reads layout version {LAYOUT_VERSION}; train into a new model_dir (train.model_dir)")
+    try:
         return TrainState(
             model_name=doc["model_name"],
             schema_fingerprint=doc["schema_fingerprint"],
             normalization=doc["normalization"],
             days=[TrainedDay(**d) for d in doc["days"]],
+            layout_version=version,
         )
-    except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{path}: not a valid multitower state file ({err!r})") from None
+    except (KeyError, TypeError) as err:
+        raise StateError(f"{path}: not a valid multitower state file ({err!r})") from None
 
 
 def save_state(model_dir: str, state: TrainState) -> None:
     """Writes the state atomically: a temporary file, then a rename over the old one."""
     tf.io.gfile.makedirs(model_dir)
-    path = os.path.join(model_dir, STATE_NAME)
+    path = ModelDir(model_dir).state
     tmp = f"{path}.tmp-{uuid.uuid4().hex}"
     with tf.io.gfile.GFile(tmp, "w") as f:
         f.write(state.to_json())

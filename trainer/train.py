@@ -1,71 +1,74 @@
-"""Train one day: warm start from the latest checkpoint, one pass over the day, checkpoint, export.
+"""Train one day: plan it, build and restore, fit one pass, publish checkpoint, state and export.
 
-Every worker runs this same function; `TF_CONFIG` alone makes it distributed. Only the chief's
-checkpoint, state and export land: the other workers save to temporary directories they delete
-(saving is a collective), and the chief exports a copy of the model built outside the strategy.
+Every worker runs `train_day`; `TF_CONFIG` alone makes it distributed. What the workers must do
+together (create, save, read) and who keeps what is stated in `trainer.collectives`; the
+paths under `model_dir` in `trainer.model_dir`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from multitower.cluster import TaskInfo, task_info
 from multitower.config import Config
-from pipeline.manifest import day_dir, read_manifest
-from trainer.backup import MidDayBackup, backup_dir, latest_backup, remove_backups
+from multitower.exports import model_base, versions
+from multitower.manifest import day_dir, partition_files, read_manifest
+from trainer.backup import MidDayBackup, latest_backup, remove_backups
+from trainer.collectives import CollectiveSaver, create_save_counter, read_weights
 from trainer.data import make_dataset
 from trainer.embeddings import restore_checkpoint
-from trainer.export import export_saved_model, versions
+from trainer.evaluate import evaluate_model, restore_network
+from trainer.export import export_saved_model
 from trainer.history import append_history, numeric_drift
-from trainer.incremental import CHECKPOINTS, TrainingError, plan_day
-from trainer.model import build_model, compile_model
+from trainer.incremental import StartPoint, TrainingError, plan_day
+from trainer.model_dir import CHECKPOINTS_KEPT, ModelDir
+from trainer.network import Normalization, build_network
 from trainer.progress import BalancerEpochEnd, ProgressLogger
 from trainer.state import TrainedDay, TrainState, load_state, save_state
-from trainer.strategy import make_strategy, task_info
+from trainer.strategy import make_strategy
+from trainer.training_model import TrainingModel, build_training_model
 
 log = logging.getLogger("multitower.trainer")
 
+
 @dataclass
 class DayResult:
+    """What `train_day` did; `version` and `export_path` are None on workers but the chief."""
+
     date: str
     steps: int
     global_step: int
-    version: int | None  # None on workers other than the chief
+    version: int | None
     export_path: str | None
     metrics: dict[str, float]
-    model: keras.Model
+    model: TrainingModel
 
 
-def _normalization(manifest: dict) -> dict[str, dict[str, float]]:
-    return {
-        name: {"mean": float(s["mean"]), "std": float(s["std"])}
-        for name, s in manifest["numeric"].items()
-    }
+@dataclass
+class DayPlan:
+    """Everything decided before any model is built: the day's data and where training starts."""
 
+    date: str
+    manifest: dict
+    files: list[str]
+    rows: int
+    steps: int
+    start: StartPoint
+    normalization: Normalization
+    day_start: int  # the global step before this day
+    backups: str  # this day's backup folder for this worker count
+    resume: str | None  # a backup to resume from (a relaunch after a failure)
+    info: TaskInfo
 
-def _progressive_validation(config, date, start, normalization, manifest) -> None:
-    """Scores the model as it stands on the day it is about to train on (chief only)."""
-    from trainer.evaluate import evaluate_model, restore_plain_model
-
-    model = restore_plain_model(config, normalization, start.checkpoint)
-    report = evaluate_model(config, model, date, start.checkpoint)
-    record = {
-        "date": date, "kind": "progressive_validation",
-        "global_step": start.state.global_step, "trained_through": start.state.last_date,
-        "tasks": report["tasks"], "gates": report["gates"],
-        "drift": numeric_drift(normalization, manifest),
-    }
-    append_history(config.train.model_dir, record)
-    shown = ", ".join(f"{task} auc {v['auc']:.4f}" for task, v in report["tasks"].items()
-                      if "auc" in v)
-    log.info("progressive validation on %s before training it: %s", date, shown or "done")
+    @property
+    def state(self) -> TrainState | None:
+        return self.start.state
 
 
 def train_day(
@@ -76,17 +79,46 @@ def train_day(
     """Trains `config`'s model on one preprocessed day and exports the next version.
 
     Args:
-      config: the loaded config.
-      date: `YYYY-MM-DD`; its TFRecord partition must be complete (have `_MANIFEST.json`).
-      strategy: reuse a strategy made by `make_strategy()` (one per process); made if None.
-      force: train a day again that was already trained, from the checkpoint before it.
-      allow_gap: train a day that does not follow the last trained day.
-      callbacks: extra Keras callbacks for the day's `fit` (every worker's).
+        config: The loaded config.
+        date: `YYYY-MM-DD`; its TFRecord partition must be complete (have `_MANIFEST.json`).
+        strategy: Reuse a strategy made by `make_strategy()` (one per process); made if None.
+        force: Train a day again that was already trained, from the checkpoint before it.
+        allow_gap: Train a day that does not follow the last trained day.
+        callbacks: Extra Keras callbacks for the day's `fit` (every worker's).
 
     Returns:
-      What was trained, with the model (still under the strategy).
+        What was trained, with the model (still under the strategy).
+
+    Raises:
+        TrainingError: The day cannot be trained as asked; the message says why.
     """
     strategy = strategy or make_strategy()
+    day = plan_training(config, date, force=force, allow_gap=allow_gap)
+    if day.info.is_chief and day.start.checkpoint and not day.resume:
+        _progressive_validation(config, day)
+    model, checkpoint = _build_and_restore(config, day, strategy)
+    first_step = int(model.optimizer.iterations.numpy())
+    started = time.perf_counter()
+    metrics, progress = _fit(config, day, model, checkpoint, first_step, callbacks or [])
+    seconds = time.perf_counter() - started
+    global_step = int(model.optimizer.iterations.numpy())
+    version, export_path = _publish(config, day, model, checkpoint, global_step, metrics)
+    rate = progress.steady_rate()
+    log.info(
+        "trained day %s: %d steps in %.1f s (%s after the first step), global step %d%s",
+        date, progress.steps, seconds, "n/a" if rate is None else f"{rate:.0f} ex/s",
+        global_step, f", exported {export_path}" if export_path else "",
+    )
+    return DayResult(date, day.steps, global_step, version, export_path, metrics, model)
+
+
+def plan_training(config: Config, date: str, force: bool = False, allow_gap: bool = False
+                  ) -> DayPlan:
+    """Reads the day's manifest and the model's state and decides where the day starts.
+
+    Raises:
+        TrainingError: Another schema, too few rows, or a refusal of `plan_day`.
+    """
     info = task_info()
     model_dir, batch = config.train.model_dir, config.train.batch_size
     manifest = read_manifest(config.data.tfrecords, date)
@@ -95,121 +127,137 @@ def train_day(
         raise TrainingError(
             f"{day_dir(config.data.tfrecords, date)} was written for schema "
             f"{manifest['schema_fingerprint']}, but the config's data schema is {fingerprint}; "
-            f"preprocess the day again with this config"
-        )
+            f"preprocess the day again with this config")
     rows = int(manifest["rows"]["written"])
-    steps = rows // batch
-    if steps < 1:
-        raise TrainingError(
-            f"day {date} has {rows} rows, fewer than one global batch ({batch}); "
-            "lower train.batch_size"
-        )
+    if rows // batch < 1:
+        raise TrainingError(f"day {date} has {rows} rows, fewer than one global batch ({batch}); "
+                            "lower train.batch_size")
     state = load_state(model_dir)
     if state is not None and state.schema_fingerprint != fingerprint:
         raise TrainingError(
             f"{model_dir} holds a model for data schema {state.schema_fingerprint}, but the "
-            f"config's schema is {fingerprint}; use a new train.model_dir for a new schema"
-        )
+            f"config's schema is {fingerprint}; use a new train.model_dir for a new schema")
     start = plan_day(state, date, model_dir, force=force, allow_gap=allow_gap)
-    state = start.state
-    normalization = state.normalization if state else _normalization(manifest)
-    day_start = state.global_step if state else 0
-    backups = backup_dir(model_dir, date, day_start, info.num_workers)
-    resume = latest_backup(backups)  # a relaunch after a failure part-way through this day
-    if info.is_chief and start.checkpoint and not resume:
-        _progressive_validation(config, date, start, normalization, manifest)
+    normalization = start.state.normalization if start.state else _normalization(manifest)
+    day_start = start.state.global_step if start.state else 0
+    backups = ModelDir(model_dir).backup(date, day_start, info.num_workers)
+    return DayPlan(date, manifest, partition_files(config.data.tfrecords, date, manifest), rows,
+                   rows // batch, start, normalization, day_start, backups,
+                   latest_backup(backups), info)
 
+
+def _normalization(manifest: dict) -> Normalization:
+    return {name: {"mean": float(s["mean"]), "std": float(s["std"])}
+            for name, s in manifest["numeric"].items()}
+
+
+def _progressive_validation(config: Config, day: DayPlan) -> None:
+    """Scores the model as it stands on the day it is about to train on (chief only)."""
+    network = restore_network(config, day.normalization, day.start.checkpoint)
+    report = evaluate_model(config, network, day.date, day.start.checkpoint)
+    record = {
+        "date": day.date, "kind": "progressive_validation",
+        "global_step": day.state.global_step, "trained_through": day.state.last_date,
+        "tasks": report["tasks"], "gates": report["gates"],
+        "drift": numeric_drift(day.normalization, day.manifest),
+    }
+    append_history(config.train.model_dir, record)
+    shown = ", ".join(f"{task} auc {v['auc']:.4f}" for task, v in report["tasks"].items()
+                      if "auc" in v)
+    log.info("progressive validation on %s before training it: %s", day.date, shown or "done")
+
+
+def _build_and_restore(config: Config, day: DayPlan, strategy: tf.distribute.Strategy
+                       ) -> tuple[TrainingModel, tf.train.Checkpoint]:
+    """The model with every variable and slot, restored from a backup or the last day."""
     # A new model starts from the same weights on every run of the same config (reproducible
     # runs; a relaunch after a failure resumes onto the very run it interrupted).
     keras.utils.set_random_seed(config.train.seed)
     with strategy.scope():
-        model = build_model(config, normalization)
-        compile_model(model, config)
-        model.build_optimizers()  # slots exist before restoring, so that they are restored too
-    checkpoint = tf.train.Checkpoint(**model.checkpoint_objects())
-    # Creating a variable under MultiWorkerMirroredStrategy is a collective. Left to its first
-    # save (a mid-day backup), the save counter was created at different points of the workers'
-    # collective sequences on the second day of a `--dates` range ("Collective instance N
-    # expected type 1 and data_type 9 but got type 0"): every worker creates it here instead.
-    with strategy.scope():
-        _ = checkpoint.save_counter
-    restored = resume or start.checkpoint
+        model = build_training_model(config, day.normalization)
+    checkpoint = model.checkpoint()
+    create_save_counter(checkpoint, strategy)
+    restored = day.resume or day.start.checkpoint
     if restored:
         # A table saved with another number of shards is re-partitioned; anything else
         # missing from the checkpoint stops here.
         restore_checkpoint(checkpoint, restored)
     first_step = int(model.optimizer.iterations.numpy())
-    done = first_step - day_start  # steps of this day already trained before a failure
     log.info(
         "training day %s: %d rows, %d steps of %d on %d worker(s), %s",
-        date, rows, steps, batch, info.num_workers,
-        f"resuming from the backup {resume} ({done} steps done)" if resume
-        else f"warm start from {restored} (step {first_step})" if restored else "new model",
+        day.date, day.rows, day.steps, config.train.batch_size, day.info.num_workers,
+        f"resuming from the backup {day.resume} ({first_step - day.day_start} steps done)"
+        if day.resume else f"warm start from {restored} (step {first_step})" if restored
+        else "new model",
     )
+    return model, checkpoint
 
-    files = [os.path.join(day_dir(config.data.tfrecords, date), f) for f in manifest["files"]]
+
+def _fit(config: Config, day: DayPlan, model: TrainingModel, checkpoint: tf.train.Checkpoint,
+         first_step: int, extra: list[keras.callbacks.Callback]
+         ) -> tuple[dict[str, float], ProgressLogger]:
+    """One pass over the day's data, after the steps a resumed backup already trained."""
+    done = first_step - day.day_start
 
     def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
         return make_dataset(
-            files, config.data, batch, context,
+            day.files, config.data, config.train.batch_size, context,
             shuffle_buffer=config.train.shuffle_buffer,
-            seed=config.train.seed + len(state.days if state else []),
+            seed=config.train.seed + len(day.state.days if day.state else []),
             skip_batches=done,
         )
 
-    started = time.perf_counter()
-    progress = ProgressLogger(date, steps - done, batch, first_step, show=info.is_chief)
-    callbacks = [BalancerEpochEnd(model), progress, *(callbacks or [])]
+    progress = ProgressLogger(day.date, day.steps - done, config.train.batch_size, first_step,
+                              show=day.info.is_chief)
+    callbacks = [BalancerEpochEnd(model), progress, *extra]
     if config.train.backup_every_steps:
-        callbacks.append(MidDayBackup(checkpoint, backups, config.train.backup_every_steps,
-                                      info.is_chief, first_step))
-    if info.is_chief:
-        callbacks += [
-            # one TensorBoard step per day: losses, metrics, task weights, gate means
-            keras.callbacks.TensorBoard(os.path.join(model_dir, "tensorboard"),
-                                        write_graph=False, update_freq="epoch"),
-        ]
-    metrics: dict[str, float] = {}
-    if steps > done:  # a failure after the last step but before the export leaves none to do
-        history = model.fit(
-            keras.utils.experimental.DatasetCreator(dataset_fn),
-            epochs=1, steps_per_epoch=steps - done, verbose=0, callbacks=callbacks,
-        )
-        metrics = {k: float(v[-1]) for k, v in history.history.items()}
-    seconds = time.perf_counter() - started
-    global_step = int(model.optimizer.iterations.numpy())
+        callbacks.append(MidDayBackup(checkpoint, day.backups, config.train.backup_every_steps,
+                                      day.info.is_chief, first_step))
+    if day.info.is_chief:  # one TensorBoard step per day: losses, metrics, weights, gates
+        callbacks.append(keras.callbacks.TensorBoard(
+            ModelDir(config.train.model_dir).tensorboard, write_graph=False,
+            update_freq="epoch"))
+    if day.steps <= done:  # a failure after the last step but before the export
+        return {}, progress
+    history = model.fit(keras.utils.experimental.DatasetCreator(dataset_fn), epochs=1,
+                        steps_per_epoch=day.steps - done, verbose=0, callbacks=callbacks)
+    return {k: float(v[-1]) for k, v in history.history.items()}, progress
 
-    # Every worker saves (a collective); only the chief's copy lands in model_dir.
-    ckpt_dir = os.path.join(model_dir, CHECKPOINTS) if info.is_chief else tempfile.mkdtemp()
-    # One checkpoint per day; --force can restart any of the last 30 days.
-    manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=30)
-    manager.save(checkpoint_number=global_step)
-    if not info.is_chief:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
 
-    # Every worker reads (a read of a synced variable can be a collective). Layers are matched by
-    # position: both models are built by the same code, but auto-named layers differ in name.
-    weights = [layer.get_weights() for layer in model.layers]
-    version = export_path = None
-    if info.is_chief:
-        # Exporting the distributed model would need every worker; a plain copy needs none.
-        copy = build_model(config, normalization)
-        for layer, values in zip(copy.layers, weights, strict=True):
-            layer.set_weights(values)
-        base = os.path.join(config.train.export_dir, config.model.name)
-        known = (state.days[-1].version if state and state.days else 0)
-        version = max([known, *versions(base)]) + 1
-        export_path = export_saved_model(copy, config, version)
-        state = state or TrainState(config.model.name, fingerprint, normalization)
-        state.days.append(TrainedDay(date, global_step, steps, rows, version, metrics))
-        save_state(model_dir, state)
-        with tf.io.gfile.GFile(os.path.join(model_dir, "config.yaml"), "w") as f:
-            f.write(config.to_yaml())
-        remove_backups(model_dir, date)
-    rate = progress.steady_rate()
-    log.info(
-        "trained day %s: %d steps in %.1f s (%s after the first step), global step %d%s",
-        date, steps - done, seconds, "n/a" if rate is None else f"{rate:.0f} ex/s", global_step,
-        f", exported {export_path}" if export_path else "",
-    )
-    return DayResult(date, steps, global_step, version, export_path, metrics, model)
+def _publish(config: Config, day: DayPlan, model: TrainingModel,
+             checkpoint: tf.train.Checkpoint, global_step: int, metrics: dict[str, float]
+             ) -> tuple[int | None, str | None]:
+    """The day's checkpoint (every worker), then the chief's export, state and config."""
+    model_dir = ModelDir(config.train.model_dir)
+    saver = CollectiveSaver(checkpoint, model_dir.checkpoints, day.info.is_chief,
+                            max_to_keep=CHECKPOINTS_KEPT)
+    saver.save(global_step)
+    saver.close()
+    weights = read_weights(model.network)
+    if not day.info.is_chief:
+        return None, None
+    version = _next_version(config, day.state)
+    export_path = _export(config, day.normalization, weights, version)
+    state = day.state or TrainState(config.model.name, config.data.schema_fingerprint(),
+                                    day.normalization)
+    state.days.append(TrainedDay(day.date, global_step, day.steps, day.rows, version, metrics))
+    save_state(config.train.model_dir, state)
+    with tf.io.gfile.GFile(model_dir.resolved_config, "w") as f:
+        f.write(config.to_yaml())
+    remove_backups(config.train.model_dir, day.date)
+    return version, export_path
+
+
+def _next_version(config: Config, state: TrainState | None) -> int:
+    """One above every version the state knows and every version already on disk."""
+    known = state.days[-1].version if state and state.days else 0
+    return max([known, *versions(model_base(config.train.export_dir, config.model.name))]) + 1
+
+
+def _export(config: Config, normalization: Normalization, weights: list[np.ndarray],
+            version: int) -> str:
+    """Exports a copy of the network built outside the strategy (exporting the distributed
+    one would need every worker)."""
+    copy = build_network(config, normalization)
+    copy.set_weights(weights)
+    return export_saved_model(copy, config, version)

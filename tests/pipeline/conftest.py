@@ -1,13 +1,10 @@
 """Fixtures shared by the pipeline tests: the example config's data section."""
 
-from pathlib import Path
-
 import pytest
 import yaml
 
 from multitower.config import DataConfig, parse_config
-
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "impressions.yaml"
+from tests.helpers import EXAMPLE
 
 
 @pytest.fixture(scope="session")

@@ -18,9 +18,9 @@ from apache_beam.testing.util import assert_that, equal_to
 
 import pipeline.preprocess as preprocess
 from multitower.config import Config, parse_config
+from multitower.manifest import MANIFEST_NAME, ManifestMissingError, read_manifest
 from multitower.records import parse_spec
 from pipeline.generate import Population, generate_day
-from pipeline.manifest import MANIFEST_NAME, ManifestMissingError, read_manifest
 from pipeline.read_logs import ReadLogLines
 from pipeline.stats import ComputeStats
 from pipeline.validate import LogLine, ValidateRows, reason_category

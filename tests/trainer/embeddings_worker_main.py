@@ -3,14 +3,14 @@
 Usage: python embeddings_worker_main.py OUT_DIR
 
 For each embedding optimizer in OPTIMIZERS, under MultiWorkerMirroredStrategy: builds a toy
-model (a 3-shard table of BUCKETS rows fed by raw integers, then a dense layer), trains it with
-`model.fit` for one pass over VALUES with `apply_split` (dense: tf-keras Adam), saves a
-checkpoint (every worker saves, the chief's lands in OUT_DIR), then restores the chief's
-checkpoint into the same model with 2 shards. Writes OUT_DIR/<optimizer>-worker-<index>.npz:
-`initial`, `final` and `restored` tables, the embedding optimizer's slots before (`slot_*`) and
-after (`restored_slot_*`) the restore, the dense weights before (`initial_dense_*`) and after
-(`dense_*`) training, and `sparse_grads` (every shard gradient was a tf.IndexedSlices when the
-step was traced).
+model (a 3-shard table of BUCKETS rows fed by raw integers, then a dense layer) compiled with a
+`MultiTaskOptimizer` (dense: tf-keras Adam), trains it with `model.fit` for one pass over
+VALUES, saves a checkpoint (every worker saves, the chief's lands in OUT_DIR), then restores the
+chief's checkpoint into the same model with 2 shards. Writes
+OUT_DIR/<optimizer>-worker-<index>.npz: `initial`, `final` and `restored` tables, the
+embedding optimizer's slots before (`slot_*`) and after (`restored_slot_*`) the restore, the
+dense weights before (`initial_dense_*`) and after (`dense_*`) training, and `sparse_grads`
+(every shard gradient was a tf.IndexedSlices when the step was traced).
 """
 
 # ruff: noqa: I001  (multitower must be imported before TensorFlow)
@@ -23,11 +23,10 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer.embeddings import (
-    PartitionedEmbedding, apply_split, is_embedding_variable, make_embedding_optimizer,
-    restore_checkpoint,
-)
-from trainer.strategy import make_strategy, task_info
+from multitower.cluster import task_info
+from trainer.embeddings import PartitionedEmbedding, make_row_sparse_optimizer, restore_checkpoint
+from trainer.optimizer import MultiTaskOptimizer
+from trainer.strategy import make_strategy
 
 BUCKETS, DIM, GLOBAL_BATCH = 40, 4, 16
 # 20 raw values hashed into 40 buckets: some rows are never looked up.
@@ -49,7 +48,7 @@ class Toy(keras.Model):
         grads = tape.gradient(loss, variables)
         _GRAD_TYPES.extend(type(g).__name__ for g, v in zip(grads, variables, strict=True)
                            if "part_" in v.name)
-        apply_split(self.optimizer, self.embedding_optimizer, zip(grads, variables, strict=True))
+        self.optimizer.apply_gradients(zip(grads, variables, strict=True))
         return {"loss": loss}
 
 
@@ -57,9 +56,9 @@ def build(num_shards: int, optimizer: str):
     raw = keras.Input(shape=(), dtype=tf.int64, name="value")
     table = PartitionedEmbedding(BUCKETS, DIM, num_shards=num_shards, name="table")
     model = Toy(raw, keras.layers.Dense(1, name="dense")(table(raw)))
-    model.compile(optimizer=keras.optimizers.Adam(0.01))
-    model.embedding_optimizer = make_embedding_optimizer(optimizer, 0.1)
-    model.optimizer.build([v for v in model.trainable_variables if not is_embedding_variable(v)])
+    model.compile(optimizer=MultiTaskOptimizer(keras.optimizers.Adam(0.01),
+                                               make_row_sparse_optimizer(optimizer, 0.1)))
+    model.optimizer.build(model.trainable_variables)  # every slot exists before a restore
     return model, table
 
 
@@ -70,13 +69,12 @@ def targets() -> np.ndarray:
 def slots(model, table, optimizer: str, prefix: str) -> dict[str, np.ndarray]:
     return {
         f"{prefix}{name}": np.concatenate(
-            [model.embedding_optimizer.get_slot(s, name).numpy() for s in table.shards])
+            [model.optimizer.tables.slot(s, name).numpy() for s in table.shards])
         for name in SLOTS[optimizer]
     }
 
 
 def checkpoint_of(model) -> tf.train.Checkpoint:
-    # the embedding optimizer is in it as the model's attribute
     return tf.train.Checkpoint(model=model, optimizer=model.optimizer)
 
 

@@ -1,7 +1,5 @@
 """Backbones on tiny inputs: gates, expert routing, options, GradNorm hooks, config and saving."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -9,9 +7,9 @@ import tf_keras as keras
 import yaml
 
 from multitower.config import parse_config
+from tests.helpers import EXAMPLE
 from trainer.backbones import CGC, PLE, MMoE, MoE, SharedBottom, SingleTask, build_backbone
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "impressions.yaml"
 TASKS = ["click", "buy", "watch"]
 
 

@@ -290,3 +290,26 @@ def test_two_replicas_stay_identical_and_match_one_device():
     state = report["gradnorm"]["state"]
     assert state["task_weights"] != pytest.approx([2 / 1.5, 1 / 1.5])  # the update did run
     assert sum(state["task_weights"]) == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_total_is_the_objective_gradients_report_with_the_current_state(method):
+    # Validation's loss is Balancer.total: it must equal the total training reports.
+    weights = {"a": 0.5, "b": 2.0}
+    balancer = _balancer(method, weights)
+    if method == "uncertainty":
+        balancer.log_variance.assign([0.3, -0.7])
+    v = tf.Variable([1.0, 2.0])
+    with tf.GradientTape(persistent=True) as tape:
+        losses = {"a": tf.reduce_sum(v * v), "b": tf.reduce_sum(v) + 1.0}  # 5 and 4
+    expected = {
+        # exp(-s) w L + s per task
+        "uncertainty": math.exp(-0.3) * 0.5 * 5 + 0.3 + math.exp(0.7) * 2.0 * 4 - 0.7,
+        # GradNorm's weights start as the base weights scaled to sum T = 2: 0.4 and 1.6
+        "gradnorm": 0.4 * 5 + 1.6 * 4,
+    }.get(method, 0.5 * 5 + 2.0 * 4)  # fixed weights; DWA starts from them
+    assert float(balancer.total(losses)) == pytest.approx(expected, rel=1e-6)
+    total, _ = balancer.gradients(tape, losses, [v], [True], [v])
+    assert float(total) == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="must name exactly the tasks"):
+        balancer.total({"a": losses["a"]})

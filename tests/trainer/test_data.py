@@ -8,9 +8,8 @@ import yaml
 
 from multitower.config import parse_config
 from multitower.records import encode_example
+from tests.helpers import EXAMPLE
 from trainer.data import make_dataset
-
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "impressions.yaml"
 
 
 def _row(i: int) -> dict:

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.trainer.conftest import DAYS, config_in
-from trainer.incremental import TrainingError, checkpoint_at, date_range, plan_day
+from multitower.dates import date_range
+from tests.helpers import DAYS, config_in
+from trainer.incremental import TrainingError, checkpoint_at, plan_day
 from trainer.state import TrainedDay, TrainState
 
 

@@ -1,7 +1,6 @@
 """Loss terms on tiny batches worked out by hand: masking, Huber, log1p, ESMM's CTCVR label."""
 
 import copy
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +9,7 @@ import tf_keras as keras
 import yaml
 
 from multitower.config import ConfigError, parse_config
+from tests.helpers import EXAMPLE
 from trainer.heads import build_heads
 from trainer.losses import (
     LossTerm,
@@ -21,7 +21,6 @@ from trainer.losses import (
     transform_label,
 )
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "impressions.yaml"
 RAW = yaml.safe_load(EXAMPLE.read_text())
 
 

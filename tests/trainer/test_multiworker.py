@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.trainer.conftest import BATCH, DAYS, config_in
+from tests.helpers import BATCH, DAYS, config_in
 from trainer.launch import cluster_env, free_ports, run_local_workers
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -96,7 +96,7 @@ def test_only_the_chief_writes_exports_and_checkpoints(two_days):
 
 def test_export_loaded_fresh_reproduces_the_trained_model(two_days):
     out = subprocess.run(
-        [sys.executable, "-m", "multitower.cli", "predict",
+        [sys.executable, "-m", "commands.cli", "predict",
          "--model", str(two_days["folder"] / "export" / "impressions"),
          "--input", str(two_days["rows"])],
         capture_output=True, text=True, check=True, cwd=REPO,

@@ -23,7 +23,8 @@ import tf_keras as keras
 from multitower.config import load_config
 from multitower.records import feature_dtype
 from trainer.embeddings import PartitionedEmbedding
-from trainer.strategy import make_strategy, task_info
+from multitower.cluster import task_info
+from trainer.strategy import make_strategy
 from trainer.train import train_day
 
 
@@ -46,14 +47,15 @@ def main() -> None:
     crash = os.environ.get("CRASH_WORKER_1_AFTER")
     callbacks = [CrashWorker1(int(crash))] if crash else []
     result = train_day(config, date, strategy, callbacks=callbacks)
-    arrays = {f"w{i}": w for i, w in enumerate(result.model.get_weights())}
-    optimizer = result.model.embedding_optimizer
-    for layer in result.model.layers:
+    network = result.model.network
+    arrays = {f"w{i}": w for i, w in enumerate(network.get_weights())}
+    tables = result.model.optimizer.tables  # the one optimizer's row-sparse part
+    for layer in network.layers:
         if isinstance(layer, PartitionedEmbedding):
             arrays[f"table/{layer.name}"] = layer.full_table().numpy()
-            for slot in optimizer.get_slot_names():
+            for slot in tables.slot_names:
                 arrays[f"slot/{layer.name}/{slot}"] = np.concatenate(
-                    [optimizer.get_slot(v, slot).numpy() for v in layer.shards])
+                    [tables.slot(v, slot).numpy() for v in layer.shards])
     arrays["global_step"] = np.array(result.global_step)
     arrays["num_replicas"] = np.array(strategy.num_replicas_in_sync)
     if len(sys.argv) > 4:
@@ -63,7 +65,7 @@ def main() -> None:
             f.name: tf.constant([r[f.name] for r in rows], dtype=feature_dtype(f.dtype))
             for f in config.data.features
         }
-        outputs = result.model(features, training=False)
+        outputs = network(features, training=False)
         for task in config.data.tasks:
             arrays[f"pred_{task.name}"] = outputs[task.name].numpy()[:, 0]
     np.savez(os.path.join(out_dir, f"worker-{task_info().task_id}.npz"), **arrays)

@@ -20,7 +20,8 @@ import tensorflow as tf
 from multitower.config import load_config
 from multitower.records import feature_dtype
 from trainer.export import serving_function
-from trainer.strategy import make_strategy, task_info
+from multitower.cluster import task_info
+from trainer.strategy import make_strategy
 from trainer.train import train_day
 
 DATE = "2026-03-01"
@@ -37,7 +38,7 @@ def main() -> None:
         result = train_day(config, DATE, strategy)
         arrays = {
             "checksums": np.array([float(np.sum(np.abs(w), dtype=np.float64))
-                                   for w in result.model.get_weights()]),
+                                   for w in result.model.network.get_weights()]),
             "global_step": np.array(result.global_step),
             "replicas": np.array(strategy.num_replicas_in_sync),
         }
@@ -47,7 +48,7 @@ def main() -> None:
             f.name: tf.constant([r[f.name] for r in rows], dtype=feature_dtype(f.dtype))
             for f in config.data.features
         }
-        served = serving_function(result.model, config)(features)
+        served = serving_function(result.model.network, config)(features)
         arrays.update({f"out_{k}": v.numpy() for k, v in served.items()})
         np.savez(os.path.join(out_dir, f"{name}-w{index}.npz"), **arrays)
 

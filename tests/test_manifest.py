@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from pipeline.manifest import (
+from multitower.dates import check_date
+from multitower.manifest import (
     MANIFEST_NAME,
     ManifestMissingError,
-    check_date,
     day_dir,
     read_manifest,
     write_manifest,

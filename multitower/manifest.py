@@ -1,4 +1,6 @@
-"""Day partitions and their `_MANIFEST.json`: a partition counts only once its manifest exists.
+"""Day partitions (`<root>/dt=YYYY-MM-DD/`) and their `_MANIFEST.json`.
+
+A partition counts only once its manifest exists.
 
 The Beam job writes a day's TFRecords to `<tfrecords>/dt=YYYY-MM-DD/` and the manifest last;
 the trainer reads the manifest to learn which files to read, how many rows they hold, the schema
@@ -18,31 +20,24 @@ Manifest schema::
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-import re
 import uuid
 from typing import Any
 
 import tensorflow as tf
 
+from multitower.dates import check_date
+from multitower.errors import MultitowerError
+
 MANIFEST_NAME = "_MANIFEST.json"
-_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
-class ManifestMissingError(FileNotFoundError):
+class ManifestMissingError(MultitowerError, FileNotFoundError):
     """A day partition has no manifest: it is missing, or its preprocessing did not finish."""
 
 
-def check_date(date: str) -> str:
-    """Returns `date` if it is a real calendar day written `YYYY-MM-DD`, else raises ValueError."""
-    if not isinstance(date, str) or not _DATE.fullmatch(date):
-        raise ValueError(f"date must be written YYYY-MM-DD, got {date!r}")
-    try:
-        dt.date.fromisoformat(date)
-    except ValueError as err:
-        raise ValueError(f"date {date!r} is not a calendar day: {err}") from None
-    return date
+class ManifestInvalidError(MultitowerError, ValueError):
+    """A manifest exists but is not a JSON object; the message names its path."""
 
 
 def day_dir(root: str, date: str) -> str:
@@ -62,7 +57,7 @@ def read_manifest(root: str, date: str) -> dict[str, Any]:
 
     Raises:
         ManifestMissingError: The partition or its manifest does not exist.
-        ValueError: The manifest is not a JSON object.
+        ManifestInvalidError: The manifest is not a JSON object.
     """
     path = f"{day_dir(root, date)}/{MANIFEST_NAME}"
     if not tf.io.gfile.exists(path):
@@ -75,10 +70,10 @@ def read_manifest(root: str, date: str) -> dict[str, Any]:
     try:
         manifest = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(
+        raise ManifestInvalidError(
             f"{path}: not valid JSON ({err}); rerun preprocessing for {date}") from None
     if not isinstance(manifest, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(manifest).__name__}")
+        raise ManifestInvalidError(f"{path}: expected a JSON object, got {type(manifest).__name__}")
     return manifest
 
 
@@ -94,3 +89,8 @@ def write_manifest(directory: str, manifest: dict[str, Any]) -> str:
         f.write(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
     tf.io.gfile.rename(tmp, path, overwrite=True)
     return path
+
+
+def partition_files(root: str, date: str, manifest: dict[str, Any]) -> list[str]:
+    """The full paths of the TFRecord files a day's manifest lists."""
+    return [f"{day_dir(root, date)}/{name}" for name in manifest["files"]]

@@ -1,5 +1,9 @@
 """The `multitower` command: generate, preprocess, train, predict, demo.
 
+The top layer: nothing imports this module. A command imports the stage modules it runs inside
+its own function, so that each command loads only what it needs (a trainer worker does not load
+Beam, `--help` loads neither); being on top, these imports hide no cycle.
+
 Commands print progress on stderr and a short summary at the end; errors say what was wrong
 and how to fix it, and exit non-zero (1: the work failed, 2: the command line was wrong).
 """
@@ -9,13 +13,16 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 import traceback
 
 import click
 
 import multitower
-from multitower.config import ConfigError, load_config
+from multitower.config import load_config
+from multitower.dates import check_date, date_range
+from multitower.errors import MultitowerError
 from multitower.storage import enable_filesystems, exit_process
 
 log = logging.getLogger("multitower")
@@ -34,19 +41,13 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _friendly_errors(fn):
-    """Turns the project's expected errors into one clear line and exit code 1."""
+    """Turns the project's refusals (`MultitowerError`) into one clear line and exit code 1."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from pipeline.manifest import ManifestMissingError
-        from serving.predict import PredictError
-        from trainer.embeddings import PartitionMismatchError
-        from trainer.train import TrainingError
-
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, ManifestMissingError, TrainingError, PredictError,
-                PartitionMismatchError, FileNotFoundError, FileExistsError) as err:
+        except MultitowerError as err:
             raise click.ClickException(str(err)) from None
 
     return wrapper
@@ -58,9 +59,7 @@ config_option = click.option(
 )
 
 
-def _check_date(ctx, param, value: str) -> str:
-    from pipeline.manifest import check_date
-
+def _check_date(ctx: click.Context, param: click.Parameter, value: str) -> str:
     try:
         return check_date(value)
     except ValueError as err:
@@ -116,11 +115,10 @@ def preprocess(config_path, date, beam_args) -> None:
     )
 
 
-def _check_dates(ctx, param, value: str | None) -> list[str] | None:
+def _check_dates(ctx: click.Context, param: click.Parameter, value: str | None
+                 ) -> list[str] | None:
     if value is None:
         return None
-    from trainer.incremental import date_range
-
     try:
         return date_range(value)
     except ValueError as err:
@@ -143,28 +141,25 @@ def _check_dates(ctx, param, value: str | None) -> list[str] | None:
 @_friendly_errors
 def train(config_path, date, dates, force, allow_gap, workers) -> None:
     """Train day(s) from the latest checkpoint and export the next version after each day."""
-    import os
+    from multitower.manifest import read_manifest
+    from trainer.launch import run_local_workers
+    from trainer.strategy import make_strategy
+    from trainer.train import train_day
 
     if bool(date) == bool(dates):
         raise click.UsageError("give exactly one of --date and --dates")
     days = dates or [date]
     config = load_config(config_path)
     if workers > 1 and not os.environ.get("TF_CONFIG"):
-        from pipeline.manifest import read_manifest
-        from trainer.launch import run_local_workers
-
         for day in days:
             read_manifest(config.data.tfrecords, day)  # fail here, not once in every worker
-        argv = ["-m", "multitower.cli", "train", "--config", config_path,
+        argv = ["-m", "commands.cli", "train", "--config", config_path,
                 "--dates", f"{days[0]}:{days[-1]}"]
         argv += ["--force"] * force + ["--allow-gap"] * allow_gap
         status = run_local_workers(argv, workers)
         if status:
             raise click.ClickException(f"a trainer worker failed with exit code {status}")
         return
-    from trainer.strategy import make_strategy
-    from trainer.train import train_day
-
     strategy = make_strategy()
     for day in days:
         result = train_day(config, day, strategy, force=force, allow_gap=allow_gap)
@@ -221,7 +216,7 @@ def predict(model_base, input_path, output) -> None:
 @_friendly_errors
 def demo(workdir, rows_per_day, workers, seed) -> None:
     """Run everything on generated logs: generate 3 days, preprocess, train days 1-2, predict 3."""
-    from multitower.demo import run_demo
+    from commands.demo import run_demo
 
     run_demo(workdir, rows_per_day=rows_per_day, workers=workers, seed=seed)
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from multitower.config import load_config
+from multitower.errors import InputMissingError
 
 log = logging.getLogger("multitower.demo")
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "impressions.yaml"
@@ -67,7 +68,7 @@ def run_demo(workdir: str, rows_per_day: int = 60_000, workers: int = 2, seed: i
     from pipeline.preprocess import run_preprocess
 
     if not EXAMPLE.exists():
-        raise FileNotFoundError(f"the example config {EXAMPLE} is missing; run from a clone")
+        raise InputMissingError(f"the example config {EXAMPLE} is missing; run from a clone")
     root = Path(workdir).resolve()
     shutil.rmtree(root / "work", ignore_errors=True)  # a demo run always starts clean
     root.mkdir(parents=True, exist_ok=True)
@@ -92,7 +93,7 @@ def run_demo(workdir: str, rows_per_day: int = 60_000, workers: int = 2, seed: i
 
     t = stage(f"[3/4] training days 1-2 on {workers} worker(s)")
     for d in days[:2]:
-        cmd = [sys.executable, "-m", "multitower.cli", "train", "--config", str(config_path),
+        cmd = [sys.executable, "-m", "commands.cli", "train", "--config", str(config_path),
                "--date", d, "--workers", str(workers)]
         env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
         if subprocess.run(cmd, env=env).returncode:

@@ -1,0 +1,41 @@
+"""`train:`: batch, optimizers, loss balancing, backups, precision and where models go."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from multitower.config.fields import NonNegativeFloat, PositiveFloat, PositiveInt, Strict
+
+
+class GradNormConfig(Strict):
+    alpha: NonNegativeFloat = 1.5  # restoring force towards equal training rates
+    learning_rate: PositiveFloat = 0.025  # of the task weights
+
+
+class DWAConfig(Strict):
+    temperature: PositiveFloat = 2.0
+
+
+class TrainConfig(Strict):
+    batch_size: PositiveInt = 512  # global batch, split over every replica
+    optimizer: Literal["adam", "adagrad", "sgd"] = "adam"  # dense variables
+    learning_rate: PositiveFloat = 0.001
+    # Embedding tables get a row-sparse optimizer: a step touches only the rows of its batch.
+    embedding_optimizer: Literal["adagrad", "ftrl", "lazy_adam", "sgd"] = "adagrad"
+    # Adagrad and FTRL want larger rates than Adam (0.05-0.5); lazy_adam about Adam's.
+    embedding_learning_rate: PositiveFloat = 0.1
+    shuffle_buffer: Annotated[int, Field(ge=0)] = 10_000
+    seed: int = 0
+    model_dir: str
+    export_dir: str
+    loss_balancing: Literal["fixed", "uncertainty", "gradnorm", "dwa", "pcgrad"] = "fixed"
+    # Mid-day backups: a relaunch after a failure resumes at the last one (0: none).
+    backup_every_steps: Annotated[int, Field(ge=0)] = 100
+    gradnorm: GradNormConfig = GradNormConfig()
+    dwa: DWAConfig = DWAConfig()
+    # mixed_bfloat16: layers compute in bfloat16, variables, outputs and losses stay float32
+    # (no loss scaling needed, unlike float16); fast on GPUs with bfloat16 units (A100, H100).
+    precision: Literal["float32", "mixed_bfloat16"] = "float32"
+

@@ -1,0 +1,45 @@
+"""Partitioned embedding tables: layout, layer, row-sparse optimizers, exchange, restore.
+
+A table of `num_buckets` rows is split row-wise into P shard variables (`layout`) by the
+`PartitionedEmbedding` layer (`layer`), whose lookup reads only the looked-up rows of the
+replica's own copy. Its gradients are `tf.IndexedSlices`; under several replicas they are summed
+one table at a time in one all-reduce (`exchange`) and applied by a row-sparse optimizer written
+here (`optimizers`) that touches only the received rows of each shard and of its slots.
+`trainer.optimizer.MultiTaskOptimizer` puts that together with the dense optimizer. A
+checkpoint written with another P is re-partitioned on restore (`repartition`).
+
+`placement` is where a table's rows live; only `replicated` exists today (every worker holds
+the whole table). Model-parallel placements plug in at the layer's `placement`; tables are only
+ever grouped with tables of the same placement.
+"""
+
+from trainer.embeddings.exchange import all_reduce_tables
+from trainer.embeddings.layer import (
+    PLACEMENTS,
+    PartitionedEmbedding,
+    embedding_variables,
+    is_embedding_variable,
+    owner,
+)
+from trainer.embeddings.layout import (
+    DEFAULT_MAX_SHARDS,
+    DEFAULT_MIN_SHARD_ROWS,
+    local_copy,
+    locate,
+    resolve_num_shards,
+    shard_sizes,
+)
+from trainer.embeddings.optimizers import (
+    EMBEDDING_OPTIMIZERS,
+    RowSparseOptimizer,
+    make_row_sparse_optimizer,
+)
+from trainer.embeddings.repartition import PartitionMismatchError, Repartition, restore_checkpoint
+
+__all__ = [
+    "DEFAULT_MAX_SHARDS", "DEFAULT_MIN_SHARD_ROWS", "EMBEDDING_OPTIMIZERS", "PLACEMENTS",
+    "PartitionMismatchError", "PartitionedEmbedding", "Repartition", "RowSparseOptimizer",
+    "all_reduce_tables", "embedding_variables", "is_embedding_variable", "local_copy", "locate",
+    "make_row_sparse_optimizer", "owner", "resolve_num_shards", "restore_checkpoint",
+    "shard_sizes",
+]

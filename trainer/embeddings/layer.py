@@ -1,0 +1,179 @@
+"""`PartitionedEmbedding`: a hashed embedding table split row-wise into P shard variables.
+
+Why the lookup reads the replica's own copy: under MultiWorkerMirroredStrategy, `tf.gather` on a
+MirroredVariable in replica context turns the variable into a tensor (`ReadVariableOp` of the
+whole table, then `GatherV2`), so a step costs O(rows). Gathering from the on-device component
+(`ResourceGather`) reads only the looked-up rows; the tape still records it against the
+MirroredVariable's handle, so the gradient reaches the optimizer as `tf.IndexedSlices`.
+
+Shards are named `part_<i>_of_<P>`: the name carries P, so a checkpoint written with another P
+matches no shard by name (see `trainer.embeddings.repartition`) rather than one of the wrong
+shape.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import tensorflow as tf
+import tf_keras as keras
+
+from multitower.config import PLACEMENTS
+from trainer.embeddings.layout import (
+    DEFAULT_MAX_SHARDS,
+    DEFAULT_MIN_SHARD_ROWS,
+    local_copy,
+    locate,
+    resolve_num_shards,
+    shard_sizes,
+)
+
+_TAG = "_multitower_embedding"  # (weakref to the layer, shard index) on every shard variable
+
+
+def shard_name(index: int, num_shards: int) -> str:
+    """`part_<index>_of_<num_shards>`: the checkpoint name of a shard, and of its slots."""
+    return f"part_{index}_of_{num_shards}"
+
+
+def is_embedding_variable(variable: tf.Variable) -> bool:
+    """True for the shard variables of a `PartitionedEmbedding` (mirrored or not)."""
+    return getattr(variable, _TAG, None) is not None
+
+
+def owner(variable: tf.Variable) -> tuple[PartitionedEmbedding, int]:
+    """The table a shard variable belongs to, and the shard's index in it.
+
+    Args:
+        variable: a shard variable (see `is_embedding_variable`).
+
+    Returns:
+        `(layer, index)`.
+
+    Raises:
+        ValueError: `variable` is not a shard of a live `PartitionedEmbedding`.
+    """
+    tag = getattr(variable, _TAG, None)
+    layer = tag[0]() if tag is not None else None
+    if layer is None:
+        raise ValueError(f"{variable.name} is not a shard of a live PartitionedEmbedding")
+    return layer, tag[1]
+
+
+def embedding_variables(model: tf.Module) -> list[tf.Variable]:
+    """Every shard variable of every `PartitionedEmbedding` in `model`, in layer order."""
+    layers = [model] + list(model.submodules)
+    return [v for layer in layers if isinstance(layer, PartitionedEmbedding) for v in layer.shards]
+
+
+@keras.utils.register_keras_serializable(package="multitower")
+class PartitionedEmbedding(keras.layers.Layer):
+    """Hashes raw categorical values into `num_buckets` rows of a table split into P shards.
+
+    Hashing is `HashedEmbedding`'s (`tf.strings.to_hash_bucket_fast`; integers through their
+    decimal string, so `7` and `"7"` share a row), so the layer is a drop-in replacement. Rows
+    follow the "div" layout of `trainer.embeddings.layout`. Give the layer a stable `name`: the
+    row-sparse optimizer keys its slots by it in checkpoints.
+
+    Args:
+        num_buckets: rows of the whole table (>= 1).
+        dim: embedding width (>= 1).
+        num_shards: P, in `[1, num_buckets]`; None to derive it from the two limits below.
+        min_shard_rows: smallest shard the derived P allows.
+        max_shards: largest derived P.
+        embeddings_initializer: initializer of every shard.
+        placement: where the rows live, one of `PLACEMENTS`. `replicated`: every worker holds
+            the whole table and applies the summed gradients to its copy. Model-parallel
+            placements plug in here; only tables of one placement are ever grouped together.
+        **kwargs: `keras.layers.Layer` arguments (`name`, `dtype`, ...).
+
+    Input shape: any shape, usually `(batch,)`, of tf.string or an integer dtype.
+    Output shape: the input shape + `(dim,)`, e.g. `(batch, dim)`.
+
+    Raises:
+        ValueError: a size is below 1, `num_shards` is out of range, or `placement` is unknown.
+    """
+
+    def __init__(
+        self, num_buckets: int, dim: int, num_shards: int | None = None,
+        min_shard_rows: int = DEFAULT_MIN_SHARD_ROWS, max_shards: int = DEFAULT_MAX_SHARDS,
+        embeddings_initializer="uniform", placement: str = "replicated", **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if num_buckets < 1 or dim < 1:
+            raise ValueError(f"num_buckets and dim must be >= 1, got {num_buckets} and {dim}")
+        if placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {list(PLACEMENTS)}, got {placement!r}")
+        self.num_buckets = int(num_buckets)
+        self.dim = int(dim)
+        self.num_shards = resolve_num_shards(num_buckets, num_shards, min_shard_rows, max_shards)
+        self.min_shard_rows = int(min_shard_rows)
+        self.max_shards = int(max_shards)
+        self.placement = placement
+        # "uniform" is HashedEmbedding's RandomUniform(-0.05, 0.05).
+        self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
+
+    @property
+    def shards(self) -> list[tf.Variable]:
+        """The shard variables, in row order (empty before the layer is built)."""
+        return list(getattr(self, "_shard_list", []))
+
+    def build(self, input_shape):
+        shards = []
+        for i, rows in enumerate(shard_sizes(self.num_buckets, self.num_shards)):
+            shard = self.add_weight(
+                name=shard_name(i, self.num_shards), shape=(rows, self.dim),
+                initializer=self._shard_initializer(i), experimental_autocast=False,
+            )
+            setattr(shard, _TAG, (weakref.ref(self), i))
+            shards.append(shard)
+        # Untracked: the shards are already checkpointed under their names, and a second path
+        # ("_shard_list/0") would not carry P.
+        self._self_setattr_tracking = False
+        self._shard_list = tuple(shards)
+        self._self_setattr_tracking = True
+        super().build(input_shape)
+
+    def _shard_initializer(self, index: int) -> keras.initializers.Initializer:
+        # A tf-keras initializer instance returns the same values on every call, which would
+        # make same-sized shards identical: a fresh instance per shard, its seed (if any) offset.
+        config = self.embeddings_initializer.get_config()
+        if config.get("seed") is not None:
+            config["seed"] += index
+        return self.embeddings_initializer.__class__.from_config(config)
+
+    def call(self, values: tf.Tensor) -> tf.Tensor:
+        if values.dtype != tf.string:
+            values = tf.strings.as_string(values)
+        return self.lookup(tf.strings.to_hash_bucket_fast(values, self.num_buckets))
+
+    def lookup(self, ids: tf.Tensor) -> tf.Tensor:
+        """Embeddings of hashed ids (int, in `[0, num_buckets)`); shape `ids.shape + (dim,)`."""
+        shards = [local_copy(s) for s in self._shard_list]
+        if len(shards) == 1:
+            found = shards[0].sparse_read(ids)
+        else:
+            flat = tf.reshape(ids, [-1])
+            shard, row = locate(flat, self.num_buckets, self.num_shards)
+            rows = tf.dynamic_partition(row, shard, self.num_shards)
+            where = tf.dynamic_partition(tf.range(tf.size(flat)), shard, self.num_shards)
+            parts = [s.sparse_read(r) for s, r in zip(shards, rows, strict=True)]
+            found = tf.reshape(tf.dynamic_stitch(where, parts),
+                               tf.concat([tf.shape(ids), [self.dim]], axis=0))
+            found.set_shape(ids.shape.concatenate([self.dim]))
+        return tf.cast(found, self.compute_dtype)
+
+    def full_table(self) -> tf.Tensor:
+        """The whole `(num_buckets, dim)` table; reads every row (tests, diagnostics)."""
+        return tf.concat([tf.convert_to_tensor(s) for s in self._shard_list], axis=0)
+
+    def compute_output_shape(self, input_shape):
+        return tf.TensorShape(input_shape).concatenate([self.dim])
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(), "num_buckets": self.num_buckets, "dim": self.dim,
+            "num_shards": self.num_shards, "min_shard_rows": self.min_shard_rows,
+            "max_shards": self.max_shards, "placement": self.placement,
+            "embeddings_initializer": keras.initializers.serialize(self.embeddings_initializer),
+        }

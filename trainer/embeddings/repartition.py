@@ -1,0 +1,223 @@
+"""Restoring a checkpoint whose tables were written with another number of shards.
+
+Shards and their row-sparse slots are checkpointed under names that carry P
+(`.../<layer>/part_<i>_of_<P>` and `.../slots/<layer>/<slot>/part_<i>_of_<P>`), so a checkpoint
+written with another P matches none of them by name. `restore_checkpoint` reads the old shards
+and slots from the file, concatenates them and splits them into the model's shards (or, if
+asked not to, stops and names both P values) instead of failing on shapes.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+from multitower.errors import MultitowerError
+from trainer.embeddings.layer import PartitionedEmbedding
+from trainer.embeddings.optimizers import RowSparseOptimizer
+
+log = logging.getLogger("multitower.trainer")
+
+_PART = re.compile(r"^part_(\d+)_of_(\d+)$")
+_Graph = trackable_object_graph_pb2.TrackableObjectGraph
+
+
+class PartitionMismatchError(MultitowerError, ValueError):
+    """A checkpoint's table was written with another number of shards (or cannot be mapped)."""
+
+
+@dataclass(frozen=True)
+class Repartition:
+    """One table restored from a checkpoint written with another number of shards."""
+
+    layer: str
+    old_shards: int
+    new_shards: int
+    slots: tuple[str, ...]  # row-sparse optimizer slots re-partitioned with it
+
+
+def restore_checkpoint(
+    checkpoint: tf.train.Checkpoint, path: str, allow_repartition: bool = True,
+) -> list[Repartition]:
+    """Restores `path` into `checkpoint`, re-partitioning tables saved with another P.
+
+    Every table whose P matches is restored as usual; for the others the old shards, and the
+    row-sparse optimizer's slots of them, are read from the file, concatenated and split into
+    the model's shards and slots (created by the optimizer's `build` if missing). Slots of an
+    optimizer `checkpoint` does not hold are left out, as for a model restored to be
+    evaluated. Then, as `assert_existing_objects_matched` does, every variable of the live
+    objects must have a value in the checkpoint; values of objects the live side does not have
+    are left unread (`expect_partial`). Everything is checked before anything is restored.
+
+    Call it after the model is built and the optimizer built (inside the strategy scope);
+    under MultiWorkerMirroredStrategy every worker calls it and reads the file.
+
+    Args:
+        checkpoint: the live `tf.train.Checkpoint` (network, optimizer, ...).
+        path: a checkpoint prefix, e.g. from `tf.train.latest_checkpoint`.
+        allow_repartition: if False, a different P raises instead.
+
+    Returns:
+        The tables that were re-partitioned (empty when every P matched).
+
+    Raises:
+        PartitionMismatchError: a table (or slot) was saved with other rows or width, is
+            missing or incomplete, a slot belongs to another optimizer, P differs and
+            `allow_repartition` is False, or a live variable has no value in the checkpoint.
+    """
+    reader = tf.train.load_checkpoint(path)
+    graph = _Graph()
+    graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    live = _match_live_objects(graph, checkpoint)
+    plans = []  # (layer, old shard node ids)
+    for node_id, obj in live.items():
+        if isinstance(obj, PartitionedEmbedding) and obj.built:
+            old = _old_shards(graph, node_id, obj)
+            if len(old) != obj.num_shards:
+                if not allow_repartition:
+                    raise PartitionMismatchError(
+                        f"layer {obj.name!r}: the checkpoint {path} holds its table in "
+                        f"{len(old)} shards, the model has {obj.num_shards}; keep "
+                        f"num_shards={len(old)} or allow re-partitioning")
+                plans.append((obj, old))
+    optimizers = [(n, obj) for n, obj in live.items() if isinstance(obj, RowSparseOptimizer)]
+    shapes = reader.get_variable_to_shape_map()
+    work = []  # (layer, old shard nodes, [(optimizer, slot name, old slot nodes)])
+    for layer, old in plans:
+        _check_rows([shapes[_value_key(graph.nodes[n])] for n in old], layer, "the table")
+        found = []
+        for optimizer_node, optimizer in optimizers:
+            for slot_name, nodes in sorted(_saved_slots(graph, optimizer_node, layer).items()):
+                if slot_name not in optimizer.slot_names:
+                    raise PartitionMismatchError(
+                        f"the checkpoint holds slot {slot_name!r} of layer {layer.name!r}, but "
+                        f"{type(optimizer).__name__} keeps {list(optimizer.slot_names)}; use "
+                        "the embedding optimizer the checkpoint was written with")
+                if len(nodes) != len(old):
+                    raise PartitionMismatchError(
+                        f"slot {slot_name!r} of layer {layer.name!r} is saved in {len(nodes)} "
+                        f"shards, its table in {len(old)}")
+                _check_rows([shapes[_value_key(graph.nodes[n])] for n in nodes], layer,
+                            f"slot {slot_name!r}")
+                found.append((optimizer, slot_name, nodes))
+        work.append((layer, old, found))
+    for layer, _, found in work:  # the slots that receive the old rows
+        for optimizer in {id(o): o for o, _, _ in found}.values():
+            optimizer.build([layer])
+    status = checkpoint.restore(path)
+    if not plans:
+        status.assert_existing_objects_matched().expect_partial()
+        return []
+    done, new = [], []
+    for layer, old, found in work:
+        _assign_rows(layer.shards, [reader.get_tensor(_value_key(graph.nodes[n])) for n in old])
+        new += layer.shards
+        for optimizer, slot_name, nodes in found:
+            slots = [optimizer.slot(s, slot_name) for s in layer.shards]
+            _assign_rows(slots, [reader.get_tensor(_value_key(graph.nodes[n])) for n in nodes])
+            new += slots
+        names = tuple(slot_name for _, slot_name, _ in found)
+        done.append(Repartition(layer.name, len(old), layer.num_shards, names))
+        log.info("re-partitioned table %s from %d to %d shards (slots: %s)", layer.name,
+                 len(old), layer.num_shards, ", ".join(names) or "none")
+    _assert_all_matched(graph, checkpoint, new)
+    status.expect_partial()
+    return done
+
+
+def _value_key(node) -> str:
+    return next(a.checkpoint_key for a in node.attributes if a.name == "VARIABLE_VALUE")
+
+
+def _child(graph: _Graph, node_id: int, name: str) -> int | None:
+    return next((ref.node_id for ref in graph.nodes[node_id].children
+                 if ref.local_name == name), None)
+
+
+def _match_live_objects(graph: _Graph, root) -> dict[int, object]:
+    """Node id in the checkpoint's object graph -> the live object at the same path."""
+    live = {0: root}
+    queue = [0]
+    while queue:
+        node_id = queue.pop()
+        children = tf.train.TrackableView.children(live[node_id])
+        for ref in graph.nodes[node_id].children:
+            child = children.get(ref.local_name)
+            if child is not None and ref.node_id not in live:
+                live[ref.node_id] = child
+                queue.append(ref.node_id)
+    return live
+
+
+def _parts(graph: _Graph, node_id: int, what: str) -> list[int]:
+    """The node ids of the `part_<i>_of_<P>` children of a node, in row order (none: [])."""
+    found = {}
+    for ref in graph.nodes[node_id].children:
+        match = _PART.match(ref.local_name)
+        if match:
+            found[(int(match[1]), int(match[2]))] = ref.node_id
+    counts = {p for _, p in found}
+    if found and (len(counts) != 1 or sorted(i for i, _ in found) != list(range(counts.pop()))):
+        raise PartitionMismatchError(
+            f"checkpoint shards of {what} are incomplete or mixed: "
+            f"{sorted(f'part_{i}_of_{p}' for i, p in found)}")
+    return [found[key] for key in sorted(found)]
+
+
+def _old_shards(graph: _Graph, node_id: int, layer: PartitionedEmbedding) -> list[int]:
+    """The checkpoint node ids of a layer's shards, in row order."""
+    old = _parts(graph, node_id, f"layer {layer.name!r}")
+    if not old:
+        names = sorted(ref.local_name for ref in graph.nodes[node_id].children)
+        raise PartitionMismatchError(
+            f"the checkpoint holds no shards of layer {layer.name!r} (it has {names}: written "
+            "before the table was partitioned?); train into a new model_dir")
+    return old
+
+
+def _saved_slots(graph: _Graph, optimizer_node: int, layer: PartitionedEmbedding,
+                 ) -> dict[str, list[int]]:
+    """Slot name -> the checkpoint node ids of that slot of a layer's shards, in row order."""
+    slots = _child(graph, optimizer_node, "slots")
+    table = None if slots is None else _child(graph, slots, layer.name)
+    if table is None:
+        return {}
+    return {ref.local_name: _parts(graph, ref.node_id,
+                                   f"slot {ref.local_name!r} of layer {layer.name!r}")
+            for ref in graph.nodes[table].children}
+
+
+def _check_rows(shapes: Sequence[Sequence[int]], layer: PartitionedEmbedding, what: str) -> None:
+    rows, dims = sum(shape[0] for shape in shapes), {shape[1] for shape in shapes}
+    if dims != {layer.dim} or rows != layer.num_buckets:
+        raise PartitionMismatchError(
+            f"{what} of layer {layer.name!r} was saved as a {rows} x {'/'.join(map(str, dims))} "
+            f"table, the model's is {layer.num_buckets} x {layer.dim}: hashed ids differ, so it "
+            "cannot be re-partitioned; train into a new model_dir")
+
+
+def _assign_rows(variables: Sequence[tf.Variable], old_parts: Sequence[np.ndarray]) -> None:
+    """Concatenates the old shards and splits them by the new shards' rows."""
+    table = np.concatenate(old_parts, axis=0)
+    bounds = np.cumsum([v.shape[0] for v in variables])[:-1]
+    for variable, value in zip(variables, np.split(table, bounds), strict=True):
+        variable.assign(value)
+
+
+def _assert_all_matched(graph: _Graph, root, new: Sequence[tf.Variable]) -> None:
+    """`assert_existing_objects_matched` for a restore that bypassed the re-partitioned shards
+    and slots (`new`): every other variable of the live objects has a value in the checkpoint."""
+    matched = {id(obj) for obj in _match_live_objects(graph, root).values()}
+    skipped = {id(v) for v in new}
+    if isinstance(root, tf.train.Checkpoint):  # `Checkpoint.write` leaves the counter out
+        skipped.add(id(root.save_counter))
+    unmatched = [v.name for v in tf.train.TrackableView(root).descendants()
+                 if isinstance(v, tf.Variable) and id(v) not in matched | skipped]
+    if unmatched:
+        raise PartitionMismatchError(f"model variables not in the checkpoint: {unmatched[:10]}")
