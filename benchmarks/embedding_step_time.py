@@ -48,8 +48,12 @@ def _available_bytes() -> int:
 
 
 def _peak_rss_mb(reset: bool = False) -> float:
-    """This process's peak resident memory (VmHWM); `reset` restarts it from the current size
-    (Linux: writing 5 to /proc/self/clear_refs)."""
+    """This process's peak resident memory (VmHWM), in MB.
+
+    Args:
+        reset: Restart the peak from the current size first (Linux: writing 5 to
+            /proc/self/clear_refs).
+    """
     if reset:
         try:
             with open("/proc/self/clear_refs", "w") as f:
@@ -64,8 +68,10 @@ def _peak_rss_mb(reset: bool = False) -> float:
 
 
 def _worker(args: argparse.Namespace) -> None:
-    """One worker of one cluster: for each size, train `steps + warmup` steps; the chief appends
-    one JSON line per size to `args.out` as soon as it has it."""
+    """One worker of one cluster: for each size, train `steps + warmup` steps.
+
+    The chief appends one JSON line per size to `args.out` as soon as it has it.
+    """
     import multitower  # noqa: F401, I001  (TF_USE_LEGACY_KERAS before TensorFlow)
     import gc
 
@@ -83,7 +89,9 @@ def _worker(args: argparse.Namespace) -> None:
     replicas = strategy.num_replicas_in_sync
 
     class Tiny(keras.Model):
-        def train_step(self, data):
+        """The benchmark's model, trained on one binary cross-entropy loss."""
+
+        def train_step(self, data: tuple[tf.Tensor, tf.Tensor]) -> dict[str, tf.Tensor]:
             x, y = data
             with tf.GradientTape() as tape:
                 p = self(x, training=True)[:, 0]
@@ -95,15 +103,17 @@ def _worker(args: argparse.Namespace) -> None:
             return {"loss": loss}
 
     class Clock(keras.callbacks.Callback):
-        def __init__(self):
+        """Records the start of the first step and the end of every step."""
+
+        def __init__(self) -> None:
             super().__init__()
             self.ends: list[float] = []
 
-        def on_train_batch_begin(self, batch, logs=None):
+        def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
             if not self.ends:
                 self.ends.append(time.perf_counter())
 
-        def on_train_batch_end(self, batch, logs=None):
+        def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
             self.ends.append(time.perf_counter())
 
     total = args.warmup + args.rounds * args.steps
@@ -192,6 +202,7 @@ def _cell(result: dict) -> str:
 
 
 def main() -> None:
+    """Runs one cluster per variant and prints the step times (or, with --worker, one worker)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=float, nargs="+", default=[1e4, 1e5, 1e6, 1e7])
     parser.add_argument("--variants", nargs="+", choices=["plain", "partitioned"],

@@ -61,6 +61,7 @@ SYNTHETIC_MODELS = ("shared_bottom", "moe", "mmoe", "ple")
 
 
 def progress(message: str) -> None:
+    """Prints a progress line to stderr."""
     print(f"[quality] {message}", file=sys.stderr, flush=True)
 
 
@@ -127,6 +128,7 @@ def _two_task_mse(model: keras.Model, x: np.ndarray, y1: np.ndarray, y2: np.ndar
 
 
 def run_synthetic(args: argparse.Namespace) -> None:
+    """Part (a): trains each model per correlation and seed, then prints the test MSE table."""
     d, m = 100, 10
     results: dict[tuple[str, float], list[float]] = {}  # test MSE per seed
     train_results: dict[tuple[str, float], list[float]] = {}
@@ -268,6 +270,12 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def run_esmm(args: argparse.Namespace, root: Path) -> None:
+    """Part (b): trains ESMM and the clicked-rows CVR tower, then prints the pCVR figures.
+
+    Args:
+        args: The parsed command line (its "(b)" group).
+        root: The folder every generated file goes under.
+    """
     started = time.perf_counter()
     days = _days(3)
     logs = root / "logs"
@@ -377,6 +385,7 @@ def run_esmm(args: argparse.Namespace, root: Path) -> None:
 
 
 def main() -> None:
+    """Parses the command line and runs the asked parts."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", nargs="+", choices=["synthetic", "esmm"],
                         default=["synthetic", "esmm"])

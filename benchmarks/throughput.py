@@ -25,17 +25,22 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import multitower  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from multitower.config import load_config
 from pipeline.generate import generate_logs
 from pipeline.preprocess import run_preprocess
 
+if TYPE_CHECKING:
+    from multitower.config import Config
+
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "impressions.yaml"
 DATE = "2026-01-01"
 
 
 def main() -> None:
+    """Generates the logs, then prints each stage's throughput."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=60_000)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
@@ -92,9 +97,8 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _input_against_memory(config, steps: int, warmup: int = 10) -> None:
+def _input_against_memory(config: Config, steps: int, warmup: int = 10) -> None:
     """Examples/s of the input alone, and of training from TFRecords and from memory."""
-
     import tensorflow as tf
     import tf_keras as keras
 
@@ -121,7 +125,9 @@ def _input_against_memory(config, steps: int, warmup: int = 10) -> None:
           f"(make_dataset: GZIP TFRecords, shuffle {config.train.shuffle_buffer}, parse)")
 
     class Clock(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch_index, logs=None):
+        """Notes the time at the end of the last warm-up step (`start`)."""
+
+        def on_train_batch_end(self, batch_index: int, logs: dict | None = None) -> None:
             if batch_index + 1 == warmup:
                 self.start = time.perf_counter()
 

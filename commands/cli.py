@@ -11,11 +11,11 @@ and how to fix it, and exit non-zero (1: the work failed, 2: the command line wa
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import sys
 import traceback
+from collections.abc import Callable
 
 import click
 
@@ -40,11 +40,11 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
 
 
-def _friendly_errors(fn):
+def _friendly_errors(fn: Callable[..., None]) -> Callable[..., None]:
     """Turns the project's refusals (`MultitowerError`) into one clear line and exit code 1."""
 
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: object, **kwargs: object) -> None:
         try:
             return fn(*args, **kwargs)
         except MultitowerError as err:
@@ -89,7 +89,8 @@ def main(verbose: bool) -> None:
               type=click.FloatRange(0.0, 1.0), help="How much conversion shares click's signal.")
 @click.option("--click-bias", default=0.0, show_default=True, type=float,
               help="Added to every click logit; -1.5 gives about a 5.5% click rate, -2.0 about 4%.")
-def generate(out, start_date, days, rows_per_day, seed, task_correlation, click_bias) -> None:
+def generate(out: str, start_date: str, days: int, rows_per_day: int, seed: int,
+             task_correlation: float, click_bias: float) -> None:
     """Write synthetic impression logs: OUT/dt=YYYY-MM-DD/*.jsonl.gz."""
     from pipeline.generate import generate_logs
 
@@ -101,18 +102,47 @@ def generate(out, start_date, days, rows_per_day, seed, task_correlation, click_
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @config_option
 @date_option
+@click.option("--skip-bad-files", is_flag=True,
+              help="Publish the day without the input files that cannot be read whole "
+                   "(listed in the manifest's skipped_files); by default such a file fails the "
+                   "day and nothing is published.")
 @click.argument("beam_args", nargs=-1, type=click.UNPROCESSED)
 @_friendly_errors
-def preprocess(config_path, date, beam_args) -> None:
-    """Turn one day of logs into TFRecords (Beam); extra arguments go to Beam, e.g.
-    --runner=FlinkRunner or --direct_num_workers=2."""
+def preprocess(config_path: str, date: str, skip_bad_files: bool,
+               beam_args: tuple[str, ...]) -> None:
+    """Turn one day of logs into TFRecords (Beam).
+
+    Extra arguments go to Beam, e.g. --runner=FlinkRunner or --direct_num_workers=2.
+    """
     from pipeline.preprocess import run_preprocess
 
-    manifest = run_preprocess(load_config(config_path), date, list(beam_args))
+    manifest = run_preprocess(load_config(config_path), date, list(beam_args),
+                              skip_bad_files=skip_bad_files)
     rows = manifest["rows"]
+    skipped = len(manifest.get("skipped_files", []))
     click.echo(
         f"{date}: read {rows['read']}, written {rows['written']}, rejected {rows['rejected']}"
+        + (f", skipped {skipped} bad file(s)" if skipped else "")
     )
+
+
+@main.command()
+@config_option
+@date_option
+@_friendly_errors
+def verify(config_path: str, date: str) -> None:
+    """Check a preprocessed day: every file against its manifest's size and checksum."""
+    from multitower.manifest import read_manifest, verify_partition
+
+    config = load_config(config_path)
+    manifest = read_manifest(config.data.tfrecords, date)
+    problems = verify_partition(config.data.tfrecords, date)
+    if problems:
+        raise click.ClickException(
+            f"the partition for {date} is corrupt ({len(problems)} problem(s)); preprocess the "
+            "day again:\n  " + "\n  ".join(problems))
+    click.echo(f"{date}: {len(manifest['files'])} file(s), {manifest['rows']['written']} rows: "
+               "sizes and checksums match the manifest")
 
 
 def _check_dates(ctx: click.Context, param: click.Parameter, value: str | None
@@ -139,8 +169,10 @@ def _check_dates(ctx: click.Context, param: click.Parameter, value: str | None
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
               help="Start this many trainer processes on localhost (ignored if TF_CONFIG is set).")
 @_friendly_errors
-def train(config_path, date, dates, force, allow_gap, workers) -> None:
+def train(config_path: str, date: str | None, dates: list[str] | None, force: bool,
+          allow_gap: bool, workers: int) -> None:
     """Train day(s) from the latest checkpoint and export the next version after each day."""
+    from multitower.lease import RUN_ID_VARIABLE, run_id
     from multitower.manifest import read_manifest
     from trainer.launch import run_local_workers
     from trainer.strategy import make_strategy
@@ -156,7 +188,8 @@ def train(config_path, date, dates, force, allow_gap, workers) -> None:
         argv = ["-m", "commands.cli", "train", "--config", config_path,
                 "--dates", f"{days[0]}:{days[-1]}"]
         argv += ["--force"] * force + ["--allow-gap"] * allow_gap
-        status = run_local_workers(argv, workers)
+        # One run id for every worker of this launch, as a Kubernetes Job passes its uid.
+        status = run_local_workers(argv, workers, extra_env={RUN_ID_VARIABLE: run_id()})
         if status:
             raise click.ClickException(f"a trainer worker failed with exit code {status}")
         return
@@ -176,7 +209,7 @@ def train(config_path, date, dates, force, allow_gap, workers) -> None:
 @click.option("--output", type=click.Path(dir_okay=False),
               help="Where to write the JSON report (default <model_dir>/eval/dt=D.json).")
 @_friendly_errors
-def evaluate(config_path, date, output) -> None:
+def evaluate(config_path: str, date: str, output: str | None) -> None:
     """Per-task quality and gate diagnostics of the latest checkpoint on one day."""
     from trainer.evaluate import evaluate_day, format_report
 
@@ -188,23 +221,50 @@ def evaluate(config_path, date, output) -> None:
               help="<export_dir>/<model name>; its newest version is used.")
 @click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False),
               help="Raw rows as JSON lines (.jsonl or .jsonl.gz).")
-@click.option("--output", type=click.File("w"), default="-",
-              help="Where to write (default stdout).")
+@click.option("--output", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+              help="Where to write the scores (default stdout); the file appears only once "
+                   "every row is scored.")
+@click.option("--skip-invalid", is_flag=True,
+              help="Score the valid rows and write each invalid one, one JSON object "
+                   '{"source", "line", "reason", "raw"} per row, to --rejected; each score then '
+                   'also holds its input "line". Without it an invalid row fails the command: '
+                   "the invalid rows are listed (the first 20) and nothing is scored.")
+@click.option("--rejected", "rejected_path", type=click.Path(dir_okay=False),
+              help="With --skip-invalid, where the invalid rows go (default "
+                   "<output>.rejected.jsonl, or stderr when the scores go to stdout); the file "
+                   "is written even when no row is invalid.")
+@click.option("--batch-size", default=4096, show_default=True, type=click.IntRange(min=1),
+              help="Rows per call of the model.")
 @_friendly_errors
-def predict(model_base, input_path, output) -> None:
-    """Score raw rows with the newest exported version: one JSON object per row."""
-    from serving.predict import Predictor, read_rows
+def predict(model_base: str, input_path: str, output: str | None, skip_invalid: bool,
+            rejected_path: str | None, batch_size: int) -> None:
+    """Score raw rows with the newest exported version: one JSON object per row.
 
+    Rows are checked as preprocessing checks log rows (features only: no labels needed).
+    """
+    from serving.predict import Predictor, complete_file, predict_file
+
+    if rejected_path and not skip_invalid:
+        raise click.UsageError("--rejected is only used with --skip-invalid")
+    output = None if output == "-" else output
+    if skip_invalid and rejected_path is None and output is not None:
+        rejected_path = f"{output}.rejected.jsonl"
+    if rejected_path is not None and rejected_path == output:
+        raise click.UsageError("--rejected and --output must be different files")
     enable_filesystems([model_base, input_path])
     predictor = Predictor(model_base)
-    rows = ((f"{input_path}:{n}", row) for n, row in read_rows(input_path))
-    count = 0
-    for scores in predictor.predict(rows):
-        for i in range(len(next(iter(scores.values())))):
-            output.write(json.dumps({k: round(float(v[i]), 6) for k, v in scores.items()}) + "\n")
-            count += 1
-    click.echo(f"scored {count} rows with version {predictor.version} ({predictor.path})",
-               err=True)
+    with complete_file(output, sys.stdout) as scores_out:  # no output at all unless complete
+        if skip_invalid:
+            with complete_file(rejected_path, sys.stderr) as rejected_out:
+                outcome = predict_file(predictor, input_path, scores_out, rejected_out,
+                                       batch_size)
+        else:
+            outcome = predict_file(predictor, input_path, scores_out, None, batch_size)
+    summary = f"scored {outcome.scored} rows with version {predictor.version} ({predictor.path})"
+    if skip_invalid:
+        summary += (f"; skipped {outcome.invalid} invalid row{'s' * (outcome.invalid != 1)}, "
+                    f"written with their reasons to {rejected_path or 'stderr'}")
+    click.echo(summary, err=True)
 
 
 @main.command()
@@ -214,7 +274,7 @@ def predict(model_base, input_path, output) -> None:
               help="Trainer processes on localhost (MultiWorkerMirroredStrategy when > 1).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @_friendly_errors
-def demo(workdir, rows_per_day, workers, seed) -> None:
+def demo(workdir: str, rows_per_day: int, workers: int, seed: int) -> None:
     """Run everything on generated logs: generate 3 days, preprocess, train days 1-2, predict 3."""
     from commands.demo import run_demo
 

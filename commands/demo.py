@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from multitower.config import load_config
+from multitower.config import Config, load_config
 from multitower.errors import InputMissingError
 
 log = logging.getLogger("multitower.demo")
@@ -32,7 +32,7 @@ def _days(n: int) -> list[str]:
     return [(first + timedelta(days=i)).isoformat() for i in range(n)]
 
 
-def _score_day(config, date: str) -> dict[str, float]:
+def _score_day(config: Config, date: str) -> dict[str, float]:
     """Scores a day's raw logs with the newest export, as a client would; returns metrics."""
     from pipeline.validate import validate_row
     from serving.predict import Predictor, read_rows
@@ -78,7 +78,7 @@ def run_demo(workdir: str, rows_per_day: int = 60_000, workers: int = 2, seed: i
     days = _days(3)
     timings: dict[str, float] = {}
 
-    def stage(name: str):
+    def stage(name: str) -> float:
         log.info("== %s", name)
         return time.perf_counter()
 

@@ -8,20 +8,31 @@ One `tf.train.Example` per accepted log row, holding the RAW values (no hashing,
 | categorical or numeric, int64   | int64_list    | tf.int64     |
 | numeric, dtype float32          | float_list    | tf.float32   |
 | label of any task               | float_list    | tf.float32   |
+| `_origin_file` (origin)         | bytes_list    | tf.string    |
+| `_origin_line` (origin)         | int64_list    | tf.int64     |
 
 Every column holds exactly one value, except the label of an `optional` task, which may be
 absent (it then parses as NaN and is masked out of that task's loss). Features are keyed by
 their log name, labels by their label column. The serving signature takes the same names and
-dtypes.
+dtypes. The two origin fields (`multitower.origin`) name the log file and line the example came
+from; `parse_spec` leaves them out, so training never reads them, and `origin_spec` reads them
+to trace a row or a score back to its log line.
+
+Files are GZIP-compressed TFRecord files: each record is framed as
+`uint64 length | uint32 masked crc32c(length) | data | uint32 masked crc32c(data)`, little-endian
+(`frame_record`), which is what `tf.data.TFRecordDataset` reads.
 """
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
+import google_crc32c
 import tensorflow as tf
 
 from multitower.config import DataConfig
+from multitower.origin import ORIGIN_FILE, ORIGIN_LINE
 
 _DTYPES = {"string": tf.string, "int64": tf.int64, "float32": tf.float32}
 
@@ -41,8 +52,30 @@ def parse_spec(data: DataConfig) -> dict[str, tf.io.FixedLenFeature]:
     return spec
 
 
-def encode_example(row: dict[str, Any], data: DataConfig) -> bytes:
-    """Serializes an already-validated row (see `pipeline.validate`) to a tf.train.Example."""
+def origin_spec() -> dict[str, tf.io.FixedLenFeature]:
+    """The `tf.io.parse_example` spec of the origin fields: log file (string) and line (int64).
+
+    Examples written without an origin parse as `b""` and 0.
+    """
+    return {ORIGIN_FILE: tf.io.FixedLenFeature([], tf.string, default_value=b""),
+            ORIGIN_LINE: tf.io.FixedLenFeature([], tf.int64, default_value=0)}
+
+
+def encode_example(
+    row: dict[str, Any], data: DataConfig, origin: tuple[str, int] | None = None
+) -> bytes:
+    """Serializes an already-validated row (see `pipeline.validate`) to a tf.train.Example.
+
+    Args:
+        row: A clean row: every configured column (None for a missing optional label).
+        data: The data section of the config.
+        origin: `(log file, line number)` the row was read from; the Beam job always passes
+            it, so that every written example can be traced to its log line.
+
+    Returns:
+        The serialized Example. Its bytes depend only on its content (map fields in key
+        order), so that a rerun writes byte-identical files.
+    """
     feature: dict[str, tf.train.Feature] = {}
     for f in data.features:
         value = row[f.name]
@@ -58,7 +91,33 @@ def encode_example(row: dict[str, Any], data: DataConfig) -> bytes:
             continue
         value = float(row[t.label_column])
         feature[t.label_column] = tf.train.Feature(float_list=tf.train.FloatList(value=[value]))
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    if origin is not None:
+        source, line = origin
+        feature[ORIGIN_FILE] = tf.train.Feature(
+            bytes_list=tf.train.BytesList(value=[source.encode()]))
+        feature[ORIGIN_LINE] = tf.train.Feature(int64_list=tf.train.Int64List(value=[line]))
+    example = tf.train.Example(features=tf.train.Features(feature=feature))
+    # Protobuf serializes map entries in no fixed order unless asked to.
+    return example.SerializeToString(deterministic=True)
+
+
+def _masked_crc32c(data: bytes) -> int:
+    crc = google_crc32c.value(data)
+    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def frame_record(data: bytes) -> bytes:
+    """One TFRecord record: `data` with its length and their masked CRC32C checksums.
+
+    Args:
+        data: The record's payload, e.g. a serialized Example.
+
+    Returns:
+        The bytes to append to a TFRecord file (before compression).
+    """
+    length = struct.pack("<Q", len(data))
+    return b"".join((length, struct.pack("<I", _masked_crc32c(length)), data,
+                     struct.pack("<I", _masked_crc32c(data))))
 
 
 def split_labels(

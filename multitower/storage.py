@@ -41,8 +41,11 @@ def is_remote(path: str) -> bool:
 
 
 def enable_filesystems(paths: Iterable[str]) -> None:
-    """Registers the file systems `paths` need with TensorFlow (imports tensorflow-io for
-    `s3://` and `hdfs://`); call it before the first file operation on them."""
+    """Registers the file systems `paths` need with TensorFlow.
+
+    Imports tensorflow-io for `s3://` and `hdfs://`; call it before the first file operation on
+    them.
+    """
     needed = {scheme(p) for p in paths} & set(TFIO_SCHEMES)
     if not needed or _state["tfio"]:
         return
@@ -80,9 +83,12 @@ def exit_process(status: int) -> None:
 
 
 def rename_dir(source: str, target: str) -> None:
-    """Renames a directory with `tf.io.gfile`. An object store renames "directories" by key
-    prefix, so `s3://b/tmp` -> `s3://b/1` would also move `s3://b/tmp2/...`: there both get a
-    trailing slash, and only the keys under `tmp/` move (copied, not atomically)."""
+    """Renames a directory with `tf.io.gfile`.
+
+    An object store renames "directories" by key prefix, so `s3://b/tmp` -> `s3://b/1` would
+    also move `s3://b/tmp2/...`: there both get a trailing slash, and only the keys under `tmp/`
+    move (copied, not atomically).
+    """
     import tensorflow as tf
 
     if is_remote(target):

@@ -1,11 +1,16 @@
 """The Beam job that turns one day of raw logs into TFRecords, rejected rows and a manifest.
 
-    logs/dt=D/*.jsonl[.gz] ─ ReadLogLines ─ ValidateRows ─┬ valid ─ encode ─ tfrecords/dt=D/part-*
-                                                          ├ rejected ─ rejected/dt=D/rejected-*
-                           (read, valid, rejected) ─ ComputeStats ─ tfrecords/dt=D/_MANIFEST.json
+    logs/dt=D/*.jsonl[.gz] ─ ReadLogLines ─┬ lines ─ WriteShards ─┬ tfrecords/dt=D/part-*
+                                           │                      └ rejected/dt=D/rejected-*
+                                           └ faulty files
+    (lines read, file summaries, faulty files) ─ Summarize ─ tfrecords/dt=D/_MANIFEST.json
 
-Everything is written under temporary sibling directories and swapped into place only after the
-pipeline succeeded and its counts add up (see `pipeline.publish`); the manifest is written last.
+Two runs over the same logs give byte-identical TFRecord and rejected files, and the same
+manifest but for `created_at`: rows go to shards by a hash of their file and line, each shard is
+written in (file, line) order, and the statistics are merged in shard order (`pipeline.shards`,
+`pipeline.stats`). Everything is written under temporary sibling directories and swapped into
+place only after the pipeline succeeded, its counts add up and no input file was faulty (unless
+faulty files may be skipped; see `pipeline.read_logs`); the manifest is written last.
 """
 
 from __future__ import annotations
@@ -14,61 +19,97 @@ import datetime as dt
 import json
 import logging
 import time
+from collections import Counter, defaultdict
 from typing import Any
 
 import apache_beam as beam
 import tensorflow as tf
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 import multitower
 from multitower.config import Config, DataConfig
 from multitower.dates import check_date
-from multitower.manifest import day_dir, write_manifest
-from multitower.records import encode_example
-from pipeline.publish import remove_quietly, staging_dir, swap_in
-from pipeline.read_logs import ReadLogLines, resolve_inputs
-from pipeline.stats import READ, REJECTED, VALID, ComputeStats
-from pipeline.validate import ValidateRows
+from multitower.lease import Lease
+from multitower.manifest import day_dir, day_lease, write_manifest
+from pipeline.publish import remove_quietly, remove_stale_staging, staging_dir, swap_in
+from pipeline.read_logs import (
+    FAULTS,
+    LINES,
+    BadInputFileError,
+    ReadLogLines,
+    bad_files_message,
+    resolve_inputs,
+)
+from pipeline.shards import RECORD_PREFIX, RECORD_SUFFIX, RECORDS, REJECTED, WriteShards, shard_name
+from pipeline.stats import day_statistics
 
 _LOG = logging.getLogger("multitower.pipeline")
-_STATS_NAME = "_STATS.json"  # the pipeline's statistics, read back by the driver, then deleted
+_STATS_NAME = "_STATS.json"  # the pipeline's summary, read back by the driver, then deleted
+_READ, _FAULT = "read", "fault"
+
+
+def summarize(parts: list[tuple[str, Any]], data: DataConfig) -> dict[str, Any]:
+    """The pipeline's part of the manifest, from the tagged summaries, in a fixed order.
+
+    Args:
+        parts: `("read", lines read)`, `("records", TFRecord file summary)`, `("rejected",
+            rejected file summary)` (see `pipeline.shards.WriteShards`) and `("fault", (path,
+            fault))`, in any order.
+        data: The data section of the config.
+
+    Returns:
+        The statistics (`pipeline.stats.day_statistics`) plus `files`, `file_checks`,
+        `rejected_files` and `skipped_files` (see `multitower.manifest`).
+    """
+    by_kind: dict[str, list[Any]] = defaultdict(list)
+    for kind, item in parts:
+        by_kind[kind].append(item)
+    records = sorted(by_kind[RECORDS], key=lambda s: s["shard"])
+    rejected = sorted(by_kind[REJECTED], key=lambda s: s["shard"])
+    reasons: Counter[str] = Counter()
+    for summary in rejected:
+        reasons.update(summary["reasons"])
+    stats = day_statistics(data, sum(by_kind[_READ]), [(s["shard"], s["stats"]) for s in records],
+                           reasons)
+    return {
+        **stats,
+        "files": [s["file"] for s in records],
+        "file_checks": {s["file"]: {"bytes": s["bytes"], "crc32c": s["crc32c"], "rows": s["rows"]}
+                        for s in records},
+        "rejected_files": [s["file"] for s in rejected],
+        "skipped_files": [{"file": path, "fault": fault}
+                          for path, fault in sorted(by_kind[_FAULT])],
+    }
 
 
 def build_pipeline(
     p: beam.Pipeline, data: DataConfig, inputs: list[str], out_dir: str, rejected_dir: str
 ) -> None:
-    """Adds the day's transforms to `p`: read, validate, write records, rejections and stats.
+    """Adds the day's transforms to `p`: read, validate, write records, rejections and summary.
 
     Args:
         p: The pipeline to extend.
         data: The data section of the config.
-        inputs: Files (or globs) to read.
-        out_dir: Where the TFRecord shards and the statistics file go.
+        inputs: The files to read (`resolve_inputs`).
+        out_dir: Where the TFRecord files and the summary file (`_STATS.json`) go.
         rejected_dir: Where the rejected rows go.
     """
-    lines = p | "Inputs" >> beam.Create(inputs) | "Read" >> ReadLogLines()
-    checked = lines | "Validate" >> ValidateRows(data)
-    _ = (
-        checked.valid
-        | "Encode" >> beam.Map(encode_example, data)
-        | "WriteRecords" >> beam.io.WriteToTFRecord(
-            f"{out_dir}/part", file_name_suffix=".tfrecord.gz", num_shards=data.num_shards,
-            compression_type=CompressionTypes.GZIP)
+    read = p | "Inputs" >> beam.Create(inputs) | "Read" >> ReadLogLines()
+    written = read[LINES] | "Shards" >> WriteShards(data, out_dir, rejected_dir)
+    tagged = (
+        read[LINES] | "CountRead" >> beam.combiners.Count.Globally()
+        | "TagRead" >> beam.Map(lambda n: (_READ, n)),
+        written[RECORDS] | "TagRecords" >> beam.Map(lambda s: (RECORDS, s)),
+        written[REJECTED] | "TagRejected" >> beam.Map(lambda s: (REJECTED, s)),
+        read[FAULTS] | "TagFaults" >> beam.Map(lambda f: (_FAULT, f)),
     )
     _ = (
-        checked[REJECTED]
-        | "RejectedToJson" >> beam.Map(json.dumps)
-        # No file when nothing was rejected: Beam's S3 writer fails on an empty file (its
-        # multipart upload has no part; apache/beam#21369).
-        | "WriteRejected" >> beam.io.WriteToText(
-            f"{rejected_dir}/rejected", file_name_suffix=".jsonl", skip_if_empty=True)
-    )
-    _ = (
-        {READ: lines, VALID: checked.valid, REJECTED: checked[REJECTED]}
-        | "Stats" >> ComputeStats(data)
-        | "StatsToJson" >> beam.Map(json.dumps)
-        | "WriteStats" >> beam.io.WriteToText(
+        tagged
+        | "Flatten" >> beam.Flatten()
+        | "Collect" >> beam.combiners.ToList()
+        | "Summarize" >> beam.Map(summarize, data)
+        | "ToJson" >> beam.Map(json.dumps)
+        | "WriteSummary" >> beam.io.WriteToText(
             f"{out_dir}/{_STATS_NAME}", shard_name_template="", num_shards=1)
     )
 
@@ -93,27 +134,37 @@ def pipeline_options(beam_args: list[str] | None) -> PipelineOptions:
     return options
 
 
-def _read_stats(out_dir: str) -> dict[str, Any]:
+def _read_summary(out_dir: str) -> dict[str, Any]:
     path = f"{out_dir}/{_STATS_NAME}"
     with tf.io.gfile.GFile(path, "r") as f:
-        stats = json.loads(f.read())
+        summary = json.loads(f.read())
     tf.io.gfile.remove(path)
-    return stats
+    return summary
 
 
-def _check_counts(stats: dict[str, Any], files: list[str], data: DataConfig, date: str) -> None:
-    rows = stats["rows"]
+def _check_counts(summary: dict[str, Any], files: list[str], data: DataConfig, date: str) -> None:
+    """Refuses to publish output that does not add up (a bug, not a fault of the input)."""
+    rows = summary["rows"]
     if rows["read"] != rows["written"] + rows["rejected"]:
         raise RuntimeError(
             f"preprocess {date}: rows do not add up: read {rows['read']} != written "
             f"{rows['written']} + rejected {rows['rejected']}; the output was not published")
-    if len(files) != data.num_shards:
+    expected = [shard_name(RECORD_PREFIX, i, data.num_shards, RECORD_SUFFIX)
+                for i in range(data.num_shards)]
+    if files != expected or summary["files"] != expected:
         raise RuntimeError(
-            f"preprocess {date}: expected {data.num_shards} TFRecord shards, found {len(files)} "
-            f"({files}); the output was not published")
+            f"preprocess {date}: expected the TFRecord files {expected}, found {files} "
+            f"(summarized: {summary['files']}); the output was not published")
+    in_files = sum(check["rows"] for check in summary["file_checks"].values())
+    if in_files != rows["written"]:
+        raise RuntimeError(
+            f"preprocess {date}: the files hold {in_files} rows, not the {rows['written']} "
+            f"written; the output was not published")
 
 
-def run_preprocess(config: Config, date: str, beam_args: list[str] | None = None) -> dict:
+def run_preprocess(
+    config: Config, date: str, beam_args: list[str] | None = None, skip_bad_files: bool = False
+) -> dict:
     """Preprocesses one day: `<data.tfrecords>/dt=D/` and `<data.rejected>/dt=D/`, atomically.
 
     Args:
@@ -121,6 +172,9 @@ def run_preprocess(config: Config, date: str, beam_args: list[str] | None = None
         date: The day, `YYYY-MM-DD`; its logs are `config.data.logs_for(date)`.
         beam_args: Beam pipeline options such as `--runner=DirectRunner` or
             `--direct_num_workers=2`; the DirectRunner is used when no runner is given.
+        skip_bad_files: Publish the day without the input files that cannot be read whole
+            (listed in the manifest's `skipped_files` with their fault; their rows count
+            nowhere) instead of refusing the day.
 
     Returns:
         The manifest written to `<data.tfrecords>/dt=D/_MANIFEST.json` (see `multitower.manifest`).
@@ -128,10 +182,28 @@ def run_preprocess(config: Config, date: str, beam_args: list[str] | None = None
     Raises:
         ValueError: `date` is not `YYYY-MM-DD`, or `beam_args` ask for an unsafe mode.
         InputMissingError: The day has no log files.
+        BadInputFileError: An input file cannot be read whole and `skip_bad_files` is false;
+            nothing was published.
         RuntimeError: The counts do not add up; nothing was published.
     """
     check_date(date)
     options = pipeline_options(beam_args)
+    data = config.data
+    # One run per day at a time, before anything is read or written; once it is held, staging
+    # folders that runs killed before have left behind are this run's to remove.
+    lease = Lease(day_lease(data.tfrecords, date), f"day {date} under {data.tfrecords}",
+                  data.lease_ttl_seconds,
+                  hint=f"Wait for that run to end; if it died on another host, its lease expires "
+                       f"{data.lease_ttl_seconds:g} s after its last heartbeat "
+                       f"(data.lease_ttl_seconds)")
+    with lease:
+        for root in (data.tfrecords, data.rejected):
+            remove_stale_staging(root, date)
+        return _run_preprocess(config, date, options, skip_bad_files)
+
+
+def _run_preprocess(config: Config, date: str, options: PipelineOptions, skip_bad_files: bool
+                    ) -> dict:
     data = config.data
     inputs = resolve_inputs(data.logs_for(date), date)
     started = time.monotonic()
@@ -141,18 +213,29 @@ def run_preprocess(config: Config, date: str, beam_args: list[str] | None = None
     try:
         with beam.Pipeline(options=options) as p:
             build_pipeline(p, data, inputs, out_dir, rejected_dir)
-        stats = _read_stats(out_dir)
-        files = sorted(path.rsplit("/", 1)[-1] for path in tf.io.gfile.glob(f"{out_dir}/part-*"))
-        _check_counts(stats, files, data, date)
+        summary = _read_summary(out_dir)
+        skipped = summary["skipped_files"]
+        if skipped and not skip_bad_files:
+            raise BadInputFileError(
+                bad_files_message(date, [(s["file"], s["fault"]) for s in skipped]))
+        for s in skipped:
+            _LOG.warning("preprocess %s: skipped %s: %s", date, s["file"], s["fault"])
+        files = sorted(path.rsplit("/", 1)[-1]
+                       for path in tf.io.gfile.glob(f"{out_dir}/{RECORD_PREFIX}-*"))
+        _check_counts(summary, files, data, date)
+        skipped_paths = {s["file"] for s in skipped}
         manifest = {
             "date": date,
             "schema_fingerprint": data.schema_fingerprint(),
-            "rows": stats["rows"],
-            "rejection_reasons": stats["rejection_reasons"],
-            "files": files,
-            "inputs": inputs,
-            "numeric": stats["numeric"],
-            "labels": stats["labels"],
+            "rows": summary["rows"],
+            "rejection_reasons": summary["rejection_reasons"],
+            "files": summary["files"],
+            "file_checks": summary["file_checks"],
+            "rejected_files": summary["rejected_files"],
+            "inputs": [path for path in inputs if path not in skipped_paths],
+            "skipped_files": skipped,
+            "numeric": summary["numeric"],
+            "labels": summary["labels"],
             "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "multitower_version": multitower.__version__,
         }
@@ -169,6 +252,8 @@ def run_preprocess(config: Config, date: str, beam_args: list[str] | None = None
         remove_quietly(rejected_dir)
 
     rows = manifest["rows"]
-    _LOG.info("preprocess %s: read %d, written %d, rejected %d rows -> %s (%.1f s)", date,
-              rows["read"], rows["written"], rows["rejected"], final, time.monotonic() - started)
+    _LOG.info("preprocess %s: read %d, written %d, rejected %d rows%s -> %s (%.1f s)", date,
+              rows["read"], rows["written"], rows["rejected"],
+              f", skipped {len(skipped)} faulty file(s)" if skipped else "", final,
+              time.monotonic() - started)
     return manifest

@@ -1,9 +1,10 @@
 """Row validation: a raw log line either becomes a clean row of the configured columns or a reason.
 
-Values are checked by `multitower.values.check_value`, the checker serving uses too. Reasons
-name the key and what was wrong, `field 'item_price': expected a number, got str 'abc'`,
-so that a rejected row can be fixed at its source. `reason_category` strips the specifics (the
-offending value) so that the manifest can count rejections per kind of problem.
+Lines are decoded by `multitower.rows.decode_line` and rows checked by `multitower.rows.check_row`
+(values by `multitower.values.check_value`), the functions prediction uses too. Reasons name the
+key and what was wrong, `field 'item_price': expected a number, got str 'abc'`, so that a
+rejected row can be fixed at its source. `reason_category` strips the specifics (the offending
+value) so that the manifest can count rejections per kind of problem.
 
 The functions here are pure (no Beam) so that they are cheap to test and to reuse; the Beam
 transform that applies them to a PCollection is `ValidateRows`.
@@ -11,14 +12,13 @@ transform that applies them to a PCollection is `ValidateRows`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import apache_beam as beam
 
 from multitower.config import DataConfig
-from multitower.values import check_value
+from multitower.rows import Column, check_row, decode_line
 
 REJECTED_TAG = "rejected"
 
@@ -31,10 +31,10 @@ class LogLine(NamedTuple):
     text: bytes
 
 
-def _columns(data: DataConfig) -> list[tuple[str, str, bool]]:
-    """(column, kind, may be missing) for every feature and label, in config order."""
-    return [(f.name, f.dtype, False) for f in data.features] + [
-        (t.label_column, t.type, t.optional) for t in data.tasks]
+def columns(data: DataConfig) -> list[Column]:
+    """Every feature and label column of the config, with its kind and bounds."""
+    return [Column(f.name, f.dtype) for f in data.features] + [
+        Column(t.label_column, t.type, t.optional, t.min, t.max) for t in data.tasks]
 
 
 def validate_row(row: object, data: DataConfig) -> tuple[dict[str, Any] | None, str | None]:
@@ -47,39 +47,17 @@ def validate_row(row: object, data: DataConfig) -> tuple[dict[str, Any] | None, 
     Returns:
         `(clean_row, None)` where `clean_row` holds only the configured columns (floats as
         `float`, labels as 0.0/1.0 or a float; None for a missing label of an `optional`
-        task), or `(None, reason)`. Extra columns are ignored.
+        task), or `(None, reason)` for the first fault in column name order. Extra columns
+        are ignored.
     """
-    if not isinstance(row, dict):
-        return None, f"not a JSON object: got {type(row).__name__}"
-    clean: dict[str, Any] = {}
-    for name, kind, optional in _columns(data):
-        if optional and row.get(name) is None:
-            clean[name] = None  # an optional label: this row is masked out of its task's loss
-            continue
-        if name not in row:
-            return None, f"missing field {name!r}"
-        value, reason = check_value(name, row[name], kind)
-        if reason is not None:
-            return None, reason
-        clean[name] = value
-    return clean, None
+    return check_row(row, columns(data))
 
 
 def parse_line(line: str | bytes, data: DataConfig) -> tuple[dict[str, Any] | None, str | None]:
-    """Decodes one JSON line and validates it; see `validate_row` for the result."""
-    if isinstance(line, bytes):
-        try:
-            line = line.decode("utf-8")
-        except UnicodeDecodeError as err:
-            return None, f"invalid UTF-8: {err.reason} at byte {err.start}"
-    if not line.strip():
-        return None, "empty line"
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as err:
-        return None, f"invalid JSON: {err}"
-    except RecursionError:
-        return None, "invalid JSON: nested too deeply"
+    """Decodes one JSON line and validates it; see `decode_line` and `validate_row`."""
+    row, reason = decode_line(line)
+    if reason is not None:
+        return None, reason
     return validate_row(row, data)
 
 

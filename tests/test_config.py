@@ -170,3 +170,49 @@ def test_a_placement_for_a_table_that_does_not_exist_is_named(raw, tmp_path):
     msg = _error(raw, tmp_path)
     assert "model.embeddings.tables: 'user_idd' is not an embedding table" in msg
 
+
+
+def test_a_key_repeated_in_one_yaml_mapping_is_named_with_its_line(tmp_path):
+    text = EXAMPLE.read_text()
+    assert "  num_shards: 4\n" in text
+    path = tmp_path / "twice.yaml"
+    path.write_text(text.replace("  num_shards: 4\n", "  num_shards: 4\n  num_shards: 8\n"))
+    first = text.splitlines().index("  num_shards: 4") + 1
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == (f"{path}: line {first + 1}: duplicate key 'num_shards' (first at "
+                              f"line {first}); a key may appear once per mapping")
+    flow = tmp_path / "flow.yaml"  # a flow mapping on one line, nested in a list
+    flow.write_text(text.replace("{name: click, type: binary,",
+                                 "{name: click, type: binary, name: clicks,"))
+    with pytest.raises(ConfigError, match=r"flow.yaml: line \d+: duplicate key 'name'"):
+        load_config(flow)
+
+
+def test_yaml_merge_keys_may_still_be_overridden(tmp_path):
+    text = EXAMPLE.read_text().replace(
+        "train:\n", "defaults: &defaults {batch_size: 64, seed: 1}\ntrain:\n  <<: *defaults\n")
+    path = tmp_path / "merged.yaml"
+    path.write_text(text.replace("defaults: &defaults", "x-defaults: &defaults"))
+    with pytest.raises(ConfigError) as err:  # parsed, not refused as a duplicate batch_size
+        load_config(path)
+    assert str(err.value) == f"{path}: x-defaults: unknown key"
+
+
+def test_label_bounds_on_regression_tasks(raw, tmp_path):
+    watch = parse_config(raw).data.tasks[2]
+    assert (watch.name, watch.min, watch.max) == ("watch_time", 0.0, None)  # the example's
+    raw["data"]["tasks"][2].update(min=-1.5, max=3600)
+    watch = parse_config(raw).data.tasks[2]
+    assert (watch.min, watch.max) == (-1.5, 3600.0)
+    raw["data"]["tasks"][2].update(min=10, max=5)
+    assert "bad.yaml: data.tasks[2]: Value error, task 'watch_time': min (10) is greater than " \
+           "max (5)" in _error(raw, tmp_path)
+    raw["data"]["tasks"][2].update(min=float("nan"), max="long")
+    msg = _error(raw, tmp_path)
+    assert "data.tasks[2].min: Input should be a finite number" in msg
+    assert "data.tasks[2].max: Input should be a valid number" in msg
+    raw["data"]["tasks"][2].update(min=0, max=None)
+    raw["data"]["tasks"][0]["min"] = 0  # click is binary
+    assert "data.tasks[0]: Value error, task 'click': min and max apply to regression tasks " \
+           "only" in _error(raw, tmp_path)

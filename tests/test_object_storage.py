@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.helpers import race
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = str(Path(__file__).resolve().parents[1])
 EXAMPLE = Path(REPO) / "examples" / "impressions.yaml"
@@ -173,3 +175,19 @@ def test_predict_loads_the_newest_export_from_the_bucket(on_s3, s3, tmp_path):
     assert len(scores) == 50
     assert all(0 < s["click"] < 1 and s["watch_time"] >= 0 for s in scores)
     assert f"version 2 (s3://{BUCKET}/export/impressions/2)" in run.stderr
+
+
+def test_two_trainings_at_once_on_the_bucket_one_is_refused_by_the_lease(on_s3, s3):
+    # Runs last: it trains the second day again (--force), as version 3.
+    client = s3["client"]
+    command = [sys.executable, "-m", "commands.cli", "train", "--config", str(on_s3["config"]),
+               "--date", DAYS[1], "--force"]
+    first, second = race(command, command, lambda: bool(_keys(client, "model/lease.json")),
+                         env=s3["env"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert second.returncode == 1, second.stderr[-3000:]
+    assert f"Error: model_dir s3://{BUCKET}/model is in use by run " in second.stderr
+    assert "pure virtual method called" not in second.stderr
+    state = json.loads(_read(client, "model/state.json"))
+    assert [(d["date"], d["version"]) for d in state["days"]] == [(DAYS[0], 1), (DAYS[1], 3)]
+    assert not _keys(client, "model/lease.json")  # released

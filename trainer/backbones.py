@@ -7,6 +7,9 @@ are batched tensors (see `trainer.experts`), never a Python loop of layers.
 
 `last_shared_variables()` names the weights of the last layer every task shares (GradNorm
 measures each task's gradient there); `single_task` shares none.
+
+CGC and PLE live in `trainer.extraction`, the base class `_Backbone` in `trainer.experts`; both
+are imported here, so every backbone can be imported from this module.
 """
 
 from __future__ import annotations
@@ -18,55 +21,15 @@ import tf_keras as keras
 
 from multitower.config import ModelConfig
 from trainer.experts import (
+    BackboneOutput,
     BatchedMLP,
     GatingNetwork,
+    _Backbone,
     build_sublayer,
-    check_mlp_options,
     check_positive,
     check_units,
 )
-
-
-class _Backbone(keras.layers.Layer):
-    """What every backbone shares: task names, MLP options, the gate and GradNorm accessors."""
-
-    def __init__(
-        self,
-        task_names: Sequence[str],
-        activation: str = "relu",
-        dropout: float = 0.0,
-        batch_norm: bool = False,
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        if isinstance(task_names, str) or not task_names or not all(
-            isinstance(t, str) and t for t in task_names
-        ):
-            raise ValueError(f"task_names must be a non-empty list of names, got {task_names!r}")
-        if len(set(task_names)) != len(task_names):
-            raise ValueError(f"task_names must be unique, got {list(task_names)}")
-        check_mlp_options(activation, dropout, batch_norm)
-        self.task_names = list(task_names)
-        self.num_tasks = len(self.task_names)
-        self.activation = activation
-        self.dropout = float(dropout)
-        self.batch_norm = batch_norm
-
-    def _mlp_options(self) -> dict:
-        return {"activation": self.activation, "dropout": self.dropout,
-                "batch_norm": self.batch_norm}
-
-    def gate_outputs(self, x, training=None) -> dict[str, tf.Tensor]:
-        """`{gate name: (batch, experts it sees)}` softmax weights for `x` (eager or traced)."""
-        return self(x, training=training, return_gates=True)[1]
-
-    def last_shared_variables(self) -> list[tf.Variable]:
-        """The weights of the last layer every task shares (empty where there is none)."""
-        raise NotImplementedError
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "task_names": list(self.task_names),
-                **self._mlp_options()}
+from trainer.extraction import CGC, PLE
 
 
 @keras.utils.register_keras_serializable(package="multitower")
@@ -74,24 +37,26 @@ class SharedBottom(_Backbone):
     """One MLP whose output every task reads (Caruana 1997).
 
     Args:
-        task_names: the tasks, in output order.
-        units: the MLP's layer sizes.
-        activation, dropout, batch_norm: applied at every layer (see `trainer.experts.BatchedMLP`).
+        task_names: The tasks, in output order.
+        units: The MLP's layer sizes.
+        activation, dropout, batch_norm: Applied at every layer (see `trainer.experts.BatchedMLP`).
 
     Input shape: `(batch, d)`.
     Output: `num_tasks` references to the same tensor `(batch, units[-1])`; no gates.
     """
 
-    def __init__(self, task_names: Sequence[str], units: Sequence[int], **kwargs):
+    def __init__(self, task_names: Sequence[str], units: Sequence[int], **kwargs) -> None:
         super().__init__(task_names, **kwargs)
         self.units = check_units("units", units)
         self.mlp = BatchedMLP([1], ["shared"], self.units, **self._mlp_options(), name="mlp")
 
-    def build(self, input_shape):
+    def build(self, input_shape: tf.TensorShape) -> None:
         build_sublayer(self.mlp, input_shape)
         super().build(input_shape)
 
-    def call(self, x, training=None, return_gates: bool = False):
+    def call(
+        self, x: tf.Tensor, training: bool | None = None, return_gates: bool = False
+    ) -> BackboneOutput:
         h = self.mlp(x, training=training)[:, 0]
         outputs = [h] * self.num_tasks
         return (outputs, {}) if return_gates else outputs
@@ -113,7 +78,7 @@ class _Mixture(_Backbone):
         expert_units: Sequence[int],
         gate_units: Sequence[int] = (),
         **kwargs,
-    ):
+    ) -> None:
         super().__init__(task_names, **kwargs)
         self.num_experts = check_positive("num_experts", num_experts)
         self.expert_units = check_units("expert_units", expert_units)
@@ -130,12 +95,14 @@ class _Mixture(_Backbone):
     def _gate_names(self) -> list[str]:
         raise NotImplementedError
 
-    def build(self, input_shape):
+    def build(self, input_shape: tf.TensorShape) -> None:
         build_sublayer(self.experts, input_shape)
         build_sublayer(self.gates, input_shape)
         super().build(input_shape)
 
-    def _mix(self, x, training, return_gates: bool):
+    def _mix(
+        self, x: tf.Tensor, training: bool | None, return_gates: bool
+    ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
         """The mixtures `(batch, gates, expert_units[-1])` and, if asked, the gates by name."""
         weights = self.gates(x, training=training)  # (batch, gates, experts)
         mixed = tf.einsum("bge,beu->bgu", weights, self.experts(x, training=training))
@@ -163,11 +130,11 @@ class MoE(_Mixture):
     that same mixture.
 
     Args:
-        task_names: the tasks, in output order.
-        num_experts: the number of experts.
-        expert_units: each expert's layer sizes.
-        gate_units: the gate's MLP before its softmax (may be empty: linear + softmax).
-        activation, dropout, batch_norm: applied at every expert and gate-MLP layer.
+        task_names: The tasks, in output order.
+        num_experts: The number of experts.
+        expert_units: Each expert's layer sizes.
+        gate_units: The gate's MLP before its softmax (may be empty: linear + softmax).
+        activation, dropout, batch_norm: Applied at every expert and gate-MLP layer.
 
     Input shape: `(batch, d)`.
     Output: `num_tasks` references to the same tensor `(batch, expert_units[-1])`; gates:
@@ -180,7 +147,9 @@ class MoE(_Mixture):
     def _gate_names(self) -> list[str]:
         return ["shared"]
 
-    def call(self, x, training=None, return_gates: bool = False):
+    def call(
+        self, x: tf.Tensor, training: bool | None = None, return_gates: bool = False
+    ) -> BackboneOutput:
         mixed, gates = self._mix(x, training, return_gates)
         outputs = [mixed[:, 0]] * self.num_tasks
         return (outputs, gates) if return_gates else outputs
@@ -193,7 +162,7 @@ class MMoE(_Mixture):
     `num_experts` expert MLPs share the input; each task's own softmax gate mixes the expert
     outputs into that task's representation.
 
-    Args: as `MoE`.
+    Takes the arguments of `MoE`.
 
     Input shape: `(batch, d)`.
     Output: a list of `num_tasks` tensors `(batch, expert_units[-1])`; gates: `{task name:
@@ -206,179 +175,12 @@ class MMoE(_Mixture):
     def _gate_names(self) -> list[str]:
         return list(self.task_names)
 
-    def call(self, x, training=None, return_gates: bool = False):
+    def call(
+        self, x: tf.Tensor, training: bool | None = None, return_gates: bool = False
+    ) -> BackboneOutput:
         mixed, gates = self._mix(x, training, return_gates)
         outputs = tf.unstack(mixed, num=self.num_tasks, axis=1)
         return (outputs, gates) if return_gates else outputs
-
-
-class _Extraction(_Backbone):
-    """Progressive Layered Extraction (Tang et al., RecSys 2020); one level is CGC.
-
-    Every level holds each task's own experts and shared experts, all as ONE batched tensor in
-    the order [task 0's experts, task 1's, ..., shared]. A task's gate mixes its own and the
-    shared experts. Below the last level a shared gate mixes every expert. Level 0 reads `x`
-    everywhere; a later level reads a stack of branches `(batch, num_tasks + 1, units)` (each
-    task's mixture, then the shared one): task t's experts and gate read branch t, the shared
-    experts and gate the last branch, picked per expert by a gather rather than a loop.
-    """
-
-    def __init__(
-        self,
-        task_names: Sequence[str],
-        levels: int,
-        shared_experts: int,
-        task_experts: int | Mapping[str, int],
-        expert_units: Sequence[int],
-        gate_units: Sequence[int] = (),
-        **kwargs,
-    ):
-        super().__init__(task_names, **kwargs)
-        self.levels = check_positive("levels", levels)
-        self.shared_experts = check_positive("shared_experts", shared_experts)
-        if isinstance(task_experts, Mapping):
-            if set(task_experts) != set(self.task_names):
-                raise ValueError(
-                    f"task_experts must give a count for every task {self.task_names} and no "
-                    f"other, got {sorted(task_experts)}")
-            counts = [check_positive(f"task_experts[{t!r}]", task_experts[t])
-                      for t in self.task_names]
-            self.task_experts: int | dict[str, int] = dict(zip(self.task_names, counts,
-                                                               strict=True))
-        else:
-            count = check_positive("task_experts", task_experts)
-            counts = [count] * self.num_tasks
-            self.task_experts = count
-        self.expert_units = check_units("expert_units", expert_units)
-        self.gate_units = check_units("gate_units", gate_units, allow_empty=True)
-
-        t = self.num_tasks
-        # The branch each expert reads; branch t is task t's mixture, branch num_tasks shared.
-        owner = [i for i in range(t) for _ in range(counts[i])] + [t] * self.shared_experts
-        self.level_experts, self.level_gates = [], []
-        for level in range(self.levels):
-            num_gates = t if level == self.levels - 1 else t + 1
-            visible = [[o in (g, t) for o in owner] for g in range(t)]
-            visible += [[True] * len(owner)] * (num_gates - t)  # the shared gate sees them all
-            self.level_experts.append(BatchedMLP(
-                [sum(counts), self.shared_experts], ["task_expert", "shared_expert"],
-                self.expert_units, **self._mlp_options(),
-                input_index=None if level == 0 else owner, name=f"level{level}_experts",
-            ))
-            self.level_gates.append(GatingNetwork(
-                num_gates, len(owner), visible, self.gate_units, **self._mlp_options(),
-                input_index=None if level == 0 else list(range(num_gates)),
-                name=f"level{level}_gates",
-            ))
-
-    def _gate_name(self, level: int, gate: int) -> str:
-        return f"level{level}/{(self.task_names + ['shared'])[gate]}"
-
-    def build(self, input_shape):
-        shape = input_shape
-        for experts, gates in zip(self.level_experts, self.level_gates, strict=True):
-            build_sublayer(experts, shape)
-            build_sublayer(gates, shape)
-            shape = tf.TensorShape((None, self.num_tasks + 1, self.expert_units[-1]))
-        super().build(input_shape)
-
-    def call(self, x, training=None, return_gates: bool = False):
-        h, gates = x, {}
-        for level, (experts, gating) in enumerate(
-            zip(self.level_experts, self.level_gates, strict=True)
-        ):
-            weights = gating(h, training=training)  # (batch, gates, all experts)
-            # Tasks' mixtures, then (below the last level) the shared one: the next level's input.
-            h = tf.einsum("bge,beu->bgu", weights, experts(h, training=training))
-            if return_gates:
-                for g in range(gating.num_gates):
-                    gates[self._gate_name(level, g)] = tf.gather(
-                        weights[:, g], gating.visible_experts(g), axis=1)
-        outputs = tf.unstack(h, num=self.num_tasks, axis=1)
-        return (outputs, gates) if return_gates else outputs
-
-    def last_shared_variables(self) -> list[tf.Variable]:
-        return [self.level_experts[-1].kernels[-1][1]]  # (shared_experts, fan_in, units[-1])
-
-    def get_config(self) -> dict:
-        task_experts = self.task_experts
-        return {
-            **super().get_config(),
-            "shared_experts": self.shared_experts,
-            "task_experts": dict(task_experts) if isinstance(task_experts, Mapping)
-            else task_experts,
-            "expert_units": list(self.expert_units),
-            "gate_units": list(self.gate_units),
-        }
-
-
-@keras.utils.register_keras_serializable(package="multitower")
-class CGC(_Extraction):
-    """Customized Gate Control (Tang et al., RecSys 2020): PLE with one extraction level.
-
-    Args:
-        task_names: the tasks, in output order.
-        shared_experts: the number of experts every task's gate sees.
-        task_experts: each task's own experts: one count for all, or `{task: count}`.
-        expert_units: each expert's layer sizes.
-        gate_units: each gate's MLP before its softmax (may be empty: linear + softmax).
-        activation, dropout, batch_norm: applied at every expert and gate-MLP layer.
-
-    Input shape: `(batch, d)`.
-    Output: a list of `num_tasks` tensors `(batch, expert_units[-1])`; gates: `{task name:
-    (batch, own experts + shared_experts)}`, the task's own experts first.
-    """
-
-    def __init__(
-        self,
-        task_names: Sequence[str],
-        shared_experts: int,
-        task_experts: int | Mapping[str, int],
-        expert_units: Sequence[int],
-        gate_units: Sequence[int] = (),
-        **kwargs,
-    ):
-        super().__init__(task_names, 1, shared_experts, task_experts, expert_units, gate_units,
-                         **kwargs)
-
-    def _gate_name(self, level: int, gate: int) -> str:
-        return self.task_names[gate]
-
-
-@keras.utils.register_keras_serializable(package="multitower")
-class PLE(_Extraction):
-    """Progressive Layered Extraction (Tang et al., RecSys 2020): `levels` stacked CGC levels.
-
-    Args:
-        task_names: the tasks, in output order (none may be called "shared" when `levels` > 1).
-        levels: extraction levels; 1 is CGC.
-        shared_experts, task_experts, expert_units, gate_units, activation, dropout, batch_norm:
-            per level, as `CGC`.
-
-    Input shape: `(batch, d)`.
-    Output: a list of `num_tasks` tensors `(batch, expert_units[-1])`; gates: for each level i,
-    `"level{i}/{task}": (batch, own experts + shared_experts)` and, below the last level,
-    `"level{i}/shared": (batch, all experts of the level)`.
-    """
-
-    def __init__(
-        self,
-        task_names: Sequence[str],
-        levels: int,
-        shared_experts: int,
-        task_experts: int | Mapping[str, int],
-        expert_units: Sequence[int],
-        gate_units: Sequence[int] = (),
-        **kwargs,
-    ):
-        super().__init__(task_names, levels, shared_experts, task_experts, expert_units,
-                         gate_units, **kwargs)
-        if self.levels > 1 and "shared" in self.task_names:
-            raise ValueError("a task named 'shared' would clash with PLE's shared gates "
-                             "'level{i}/shared'; rename the task")
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "levels": self.levels}
 
 
 @keras.utils.register_keras_serializable(package="multitower")
@@ -386,22 +188,22 @@ class SingleTask(_Backbone):
     """One independent MLP per task, batched: no parameter is shared (the no-sharing baseline).
 
     Args:
-        task_names: the tasks, in output order.
-        units: each task's MLP layer sizes.
-        activation, dropout, batch_norm: applied at every layer.
+        task_names: The tasks, in output order.
+        units: Each task's MLP layer sizes.
+        activation, dropout, batch_norm: Applied at every layer.
 
     Input shape: `(batch, d)` read by every task, or a list of `num_tasks` tensors `(batch, d)`,
     one per task (e.g. each task's own embeddings), each read only by its task's MLP.
     Output: a list of `num_tasks` tensors `(batch, units[-1])`; no gates.
     """
 
-    def __init__(self, task_names: Sequence[str], units: Sequence[int], **kwargs):
+    def __init__(self, task_names: Sequence[str], units: Sequence[int], **kwargs) -> None:
         super().__init__(task_names, **kwargs)
         self.units = check_units("units", units)
         self.mlp = BatchedMLP([self.num_tasks], ["task"], self.units, **self._mlp_options(),
                               name="mlp")
 
-    def _stacked(self, x):
+    def _stacked(self, x: tf.Tensor | Sequence[tf.Tensor]) -> tf.Tensor:
         if not isinstance(x, list | tuple):
             return x
         if len(x) != self.num_tasks:
@@ -409,7 +211,7 @@ class SingleTask(_Backbone):
                              f"{self.task_names}")
         return tf.stack(x, axis=1)  # (batch, tasks, d)
 
-    def build(self, input_shape):
+    def build(self, input_shape: tf.TensorShape | Sequence[tf.TensorShape]) -> None:
         mlp_shape = input_shape
         if isinstance(input_shape, list | tuple) and not isinstance(input_shape[0], int | None):
             dims = {int(tf.TensorShape(s)[-1]) for s in input_shape}
@@ -420,7 +222,12 @@ class SingleTask(_Backbone):
         build_sublayer(self.mlp, mlp_shape)
         super().build(input_shape)
 
-    def call(self, x, training=None, return_gates: bool = False):
+    def call(
+        self,
+        x: tf.Tensor | Sequence[tf.Tensor],
+        training: bool | None = None,
+        return_gates: bool = False,
+    ) -> BackboneOutput:
         h = self.mlp(self._stacked(x), training=training)
         outputs = tf.unstack(h, num=self.num_tasks, axis=1)
         return (outputs, {}) if return_gates else outputs

@@ -33,7 +33,6 @@ counts only the tasks with a positive base weight.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import tensorflow as tf
 
@@ -45,7 +44,7 @@ METHODS = ("fixed", "uncertainty", "gradnorm", "dwa", "pcgrad")
 _MIN_GRADNORM_WEIGHT = 1e-3
 
 
-def _state(initial: Any, name: str) -> tf.Variable:
+def _state(initial: tf.Tensor | Sequence[float] | float, name: str) -> tf.Variable:
     """A non-trainable variable that replicas update identically (see the module docstring)."""
     return tf.Variable(initial, trainable=False, name=name, dtype=tf.float32,
                        aggregation=tf.VariableAggregation.MEAN)
@@ -59,7 +58,7 @@ class Balancer(tf.Module):
     """Turns per-task losses into gradients; create it inside `strategy.scope()`.
 
     Args:
-        task_names: the tasks (loss terms), in a fixed order.
+        task_names: The tasks (loss terms), in a fixed order.
         base_weights: `{task: weight >= 0}` for exactly these tasks, at least one positive.
     """
 
@@ -86,6 +85,7 @@ class Balancer(tf.Module):
 
     @property
     def task_names(self) -> list[str]:
+        """The tasks (loss terms), in the balancer's fixed order."""
         return list(self._names)
 
     def trainable_weights(self) -> list[tf.Variable]:
@@ -114,11 +114,11 @@ class Balancer(tf.Module):
         balancer does not record on it, so call this after the `with tape:` block.
 
         Args:
-            tape: the persistent tape that recorded the forward pass and the losses.
+            tape: The persistent tape that recorded the forward pass and the losses.
             task_losses: `{task: scalar}`, each the task's mean loss over the local batch.
-            variables: the model's trainable variables (without the balancer's own).
+            variables: The model's trainable variables (without the balancer's own).
             shared: `shared[i]` is True when `variables[i]` serves several tasks.
-            last_shared: the last shared layer's variables (GradNorm measures there).
+            last_shared: The last shared layer's variables (GradNorm measures there).
 
         Returns:
             The total loss of this replica's batch as the method defines it (unscaled, for
@@ -169,12 +169,15 @@ class Balancer(tf.Module):
     def _weight_vector(self) -> tf.Tensor:
         return tf.constant(self._base)
 
-    def _gradients(self, tape, losses, variables, shared, last_shared):
+    def _gradients(self, tape: tf.GradientTape, losses: list[tf.Tensor],
+                   variables: list[tf.Variable], shared: list[bool],
+                   last_shared: list[tf.Variable]) -> tuple[tf.Tensor, list[Gradient]]:
         weights = self._weight_vector()
         total = self._total(losses)
         return total, self._weighted_gradients(tape, losses, weights, variables)
 
-    def _weighted_gradients(self, tape, losses, weights, variables) -> list[Gradient]:
+    def _weighted_gradients(self, tape: tf.GradientTape, losses: list[tf.Tensor],
+                            weights: tf.Tensor, variables: list[tf.Variable]) -> list[Gradient]:
         """Gradients of scale * sum_i weights[i] L_i in one backward pass."""
         if not variables:
             return []
@@ -215,7 +218,9 @@ class UncertaintyBalancer(Balancer):
         mask = tf.constant(self._mask)
         return tf.reduce_sum(mask * (self._weight_vector() * _loss_vector(losses) + s))
 
-    def _gradients(self, tape, losses, variables, shared, last_shared):
+    def _gradients(self, tape: tf.GradientTape, losses: list[tf.Tensor],
+                   variables: list[tf.Variable], shared: list[bool],
+                   last_shared: list[tf.Variable]) -> tuple[tf.Tensor, list[Gradient]]:
         weights = self._weight_vector()
         mask = tf.constant(self._mask)
         loss_vector = _loss_vector(losses)
@@ -256,7 +261,9 @@ class GradNormBalancer(Balancer):
     def _weight_vector(self) -> tf.Tensor:
         return tf.convert_to_tensor(self.task_weights)
 
-    def _gradients(self, tape, losses, variables, shared, last_shared):
+    def _gradients(self, tape: tf.GradientTape, losses: list[tf.Tensor],
+                   variables: list[tf.Variable], shared: list[bool],
+                   last_shared: list[tf.Variable]) -> tuple[tf.Tensor, list[Gradient]]:
         if not last_shared:
             raise ValueError("gradnorm needs the last shared layer's variables (last_shared)")
         context = tf.distribute.get_replica_context()
@@ -351,7 +358,9 @@ class PCGradBalancer(Balancer):
         super().__init__(task_names, base_weights)
         self.seed = seed
 
-    def _gradients(self, tape, losses, variables, shared, last_shared):
+    def _gradients(self, tape: tf.GradientTape, losses: list[tf.Tensor],
+                   variables: list[tf.Variable], shared: list[bool],
+                   last_shared: list[tf.Variable]) -> tuple[tf.Tensor, list[Gradient]]:
         weights = self._weight_vector()
         total = self._total(losses)
         own = [v for v, s in zip(variables, shared, strict=True) if not s]
@@ -360,7 +369,8 @@ class PCGradBalancer(Balancer):
         common_grads = iter(self._projected(tape, losses, weights, common))
         return total, [next(common_grads) if s else next(own_grads) for s in shared]
 
-    def _projected(self, tape, losses, weights, variables) -> list[Gradient]:
+    def _projected(self, tape: tf.GradientTape, losses: list[tf.Tensor],
+                   weights: tf.Tensor, variables: list[tf.Variable]) -> list[Gradient]:
         if not variables:
             return []
         scale = _replica_scale()

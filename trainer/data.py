@@ -22,18 +22,18 @@ def make_dataset(
     """Batches of `(raw features, labels)` from GZIP TFRecords.
 
     Args:
-        files: the day's TFRecord files.
-        data: the data part of the config (decides the parse spec).
-        global_batch_size: examples per step over every replica; each replica gets its share.
-        context: from `distribute_datasets_from_function`; each input pipeline (worker) reads a
-          disjoint subset of files, or of records when there are fewer files than workers.
-        shuffle_buffer: examples to shuffle over (0: no shuffle).
-        seed: shuffle seed, so that a rerun sees the same order.
-        repeat: repeat forever; training then runs a fixed number of steps on every worker, which
-          keeps the workers' collectives in step even when their shards differ in size.
-        drop_remainder: drop a last partial batch (training); keep it to evaluate every row.
-        skip_batches: batches already trained on (a run resumed from a mid-day backup): the
-          stream is deterministic for a seed, so skipping them resumes exactly where it stopped.
+        files: The day's TFRecord files.
+        data: The data part of the config (decides the parse spec).
+        global_batch_size: Examples per step over every replica; each replica gets its share.
+        context: From `distribute_datasets_from_function`; each input pipeline (worker) reads a
+            disjoint subset of files, or of records when there are fewer files than workers.
+        shuffle_buffer: Examples to shuffle over (0: no shuffle).
+        seed: Shuffle seed, so that a rerun sees the same order.
+        repeat: Repeat forever; training then runs a fixed number of steps on every worker, which
+            keeps the workers' collectives in step even when their shards differ in size.
+        drop_remainder: Drop a last partial batch (training); keep it to evaluate every row.
+        skip_batches: Batches already trained on (a run resumed from a mid-day backup): the
+            stream is deterministic for a seed, so skipping them resumes exactly where it stopped.
 
     Returns:
         A dataset of `({feature: (b,)}, {task: (b, 1)})` with `b` the per-replica batch size.
@@ -63,7 +63,7 @@ def make_dataset(
         ds = ds.repeat()
     spec = parse_spec(data)
 
-    def parse(serialized: tf.Tensor):
+    def parse(serialized: tf.Tensor) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:
         features, labels = split_labels(tf.io.parse_example(serialized, spec), data)
         return features, {name: tf.expand_dims(y, -1) for name, y in labels.items()}
 

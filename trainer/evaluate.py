@@ -17,7 +17,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from multitower.config import Config
-from multitower.manifest import partition_files, read_manifest
+from multitower.manifest import check_partition, partition_files, read_manifest
 from trainer.data import make_dataset
 from trainer.embeddings import restore_checkpoint
 from trainer.incremental import TrainingError
@@ -32,7 +32,8 @@ COLLAPSE_WEIGHT = 0.95  # an expert this dominant on an example...
 COLLAPSE_SHARE = 0.8  # ...on this share of the examples means the gate has collapsed
 
 
-def _task_metrics(config: Config, outputs: dict[str, np.ndarray], labels) -> dict[str, dict]:
+def _task_metrics(config: Config, outputs: dict[str, np.ndarray], labels: dict[str, np.ndarray]
+                  ) -> dict[str, dict]:
     found: dict[str, dict] = {}
     for task in config.data.tasks:
         y, p = labels[task.name], outputs[task.name]
@@ -117,7 +118,8 @@ def evaluate_day(config: Config, date: str, output: str | None = None) -> dict:
 
     The report goes to `output`, or `<model_dir>/eval/dt=<date>.json`.
     """
-    read_manifest(config.data.tfrecords, date)  # a missing day fails before any model work
+    # A missing or damaged day fails before any model work, naming the file.
+    check_partition(config.data.tfrecords, date)
     state = load_state(config.train.model_dir)
     model_dir = ModelDir(config.train.model_dir)
     latest = tf.train.latest_checkpoint(model_dir.checkpoints)

@@ -3,6 +3,9 @@
 E experts run as one einsum per layer over a kernel of shape `(E, fan_in, units)`, never as E
 Dense layers: the graph has the same size whatever E is, and the experts run as one batched
 matmul. Gates (and their optional MLPs) are batched the same way, with gates as a dimension.
+
+`_Backbone` is the base class every backbone shares (`trainer.backbones`,
+`trainer.extraction`), and `BackboneOutput` what a backbone's call returns.
 """
 
 from __future__ import annotations
@@ -14,8 +17,11 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+# `backbone(x)` → one tensor per task; `backbone(x, return_gates=True)` → (that list, gates).
+BackboneOutput = list[tf.Tensor] | tuple[list[tf.Tensor], dict[str, tf.Tensor]]
 
-def check_positive(name: str, value) -> int:
+
+def check_positive(name: str, value: object) -> int:
     """`value` as an int >= 1, or a ValueError naming `name` and the value."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -46,7 +52,9 @@ def check_mlp_options(activation: str, dropout: float, batch_norm: bool) -> None
         raise ValueError(f"batch_norm must be a bool, got {batch_norm!r}")
 
 
-def build_sublayer(layer: keras.layers.Layer, input_shape) -> None:
+def build_sublayer(
+    layer: keras.layers.Layer, input_shape: tf.TensorShape | Sequence[int | None]
+) -> None:
     """Builds `layer` now, its variables named under its own name (`ple/level0_experts/...`)."""
     # Parents build their sublayers up front so a loaded model has every variable before its
     # weights are restored; without the scope, each level's variables would share one name.
@@ -95,14 +103,14 @@ class BatchedMLP(keras.layers.Layer):
     shared experts, for GradNorm) while every group still runs in the same einsum.
 
     Args:
-        groups: the number of MLPs in each part, e.g. `[num_experts]` or `[task, shared]`.
-        part_names: a weight-name prefix for each part.
-        units: the sizes of the layers.
-        activation: a Keras activation name, applied after every layer.
-        dropout: the dropout rate after every layer, in [0, 1).
-        batch_norm: normalize every layer's linear output before the activation (the layer then
+        groups: The number of MLPs in each part, e.g. `[num_experts]` or `[task, shared]`.
+        part_names: A weight-name prefix for each part.
+        units: The sizes of the layers.
+        activation: A Keras activation name, applied after every layer.
+        dropout: The dropout rate after every layer, in [0, 1).
+        batch_norm: Normalize every layer's linear output before the activation (the layer then
             has no bias: the normalization's offset takes its place).
-        input_index: for a `(batch, branches, d)` input, the branch each of the `sum(groups)` MLPs
+        input_index: For a `(batch, branches, d)` input, the branch each of the `sum(groups)` MLPs
             reads; None for a `(batch, d)` input or one that is already `(batch, sum(groups), d)`.
 
     Input shape: `(batch, d)` (read by every group) or `(batch, branches, d)`.
@@ -119,7 +127,7 @@ class BatchedMLP(keras.layers.Layer):
         batch_norm: bool = False,
         input_index: Sequence[int] | None = None,
         **kwargs,
-    ):
+    ) -> None:
         super().__init__(**kwargs)
         groups = [check_positive("groups", g) for g in groups]
         if not groups or len(part_names) != len(groups):
@@ -139,7 +147,7 @@ class BatchedMLP(keras.layers.Layer):
         )
         self.drop = keras.layers.Dropout(dropout) if dropout else None
 
-    def build(self, input_shape):
+    def build(self, input_shape: tf.TensorShape | Sequence[int | None]) -> None:
         fan_in = int(input_shape[-1])
         total = sum(self.groups)
         # kernels[layer][part]: (groups[part], fan_in, units); biases likewise (groups, units).
@@ -165,7 +173,7 @@ class BatchedMLP(keras.layers.Layer):
     def _joined(parts: list[tf.Variable]) -> tf.Tensor:
         return parts[0] if len(parts) == 1 else tf.concat(parts, axis=0)
 
-    def call(self, x: tf.Tensor, training=None) -> tf.Tensor:
+    def call(self, x: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         h = _per_group(x, self.input_index)
         for i in range(len(self.units)):
             h = _batched_matmul(h, self._joined(self.kernels[i]))
@@ -200,13 +208,13 @@ class GatingNetwork(keras.layers.Layer):
     experts it may not see (`visible`): CGC's task gates see their own and the shared experts.
 
     Args:
-        num_gates: the number of gates.
-        num_experts: the number of experts every gate's weights are laid over.
-        visible: optional `(num_gates, num_experts)` booleans, the experts each gate may weight;
+        num_gates: The number of gates.
+        num_experts: The number of experts every gate's weights are laid over.
+        visible: Optional `(num_gates, num_experts)` booleans, the experts each gate may weight;
             None: every gate sees every expert.
-        hidden_units: the sizes of each gate's MLP before its logits (may be empty).
-        activation, dropout, batch_norm: of that MLP's layers (see `BatchedMLP`).
-        input_index: for a `(batch, branches, d)` input, the branch each gate reads.
+        hidden_units: The sizes of each gate's MLP before its logits (may be empty).
+        activation, dropout, batch_norm: Of that MLP's layers (see `BatchedMLP`).
+        input_index: For a `(batch, branches, d)` input, the branch each gate reads.
 
     Input shape: `(batch, d)` (read by every gate) or `(batch, branches, d)`.
     Output shape: `(batch, num_gates, num_experts)`; every gate's weights sum to one.
@@ -223,7 +231,7 @@ class GatingNetwork(keras.layers.Layer):
         batch_norm: bool = False,
         input_index: Sequence[int] | None = None,
         **kwargs,
-    ):
+    ) -> None:
         super().__init__(**kwargs)
         self.num_gates = check_positive("num_gates", num_gates)
         self.num_experts = check_positive("num_experts", num_experts)
@@ -251,7 +259,7 @@ class GatingNetwork(keras.layers.Layer):
             return list(range(self.num_experts))
         return np.flatnonzero(self._visible[gate]).tolist()
 
-    def build(self, input_shape):
+    def build(self, input_shape: tf.TensorShape | Sequence[int | None]) -> None:
         fan_in = int(input_shape[-1])
         if self.hidden is not None:
             build_sublayer(self.hidden, (None, self.num_gates, fan_in))
@@ -265,7 +273,7 @@ class GatingNetwork(keras.layers.Layer):
         )
         super().build(input_shape)
 
-    def call(self, x: tf.Tensor, training=None) -> tf.Tensor:
+    def call(self, x: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         h = _per_group(x, self.input_index)
         if self.hidden is not None:
             h = self.hidden(h, training=training)
@@ -288,3 +296,58 @@ class GatingNetwork(keras.layers.Layer):
             "batch_norm": self.batch_norm,
             "input_index": None if self.input_index is None else list(self.input_index),
         }
+
+
+class _Backbone(keras.layers.Layer):
+    """What every backbone shares: task names, MLP options, the gate and GradNorm accessors.
+
+    Args:
+        task_names: The tasks, in output order: unique, non-empty names.
+        activation: A Keras activation name, applied at every MLP layer.
+        dropout: The dropout rate after every MLP layer, in [0, 1).
+        batch_norm: Whether every MLP layer normalizes its linear output.
+        **kwargs: `keras.layers.Layer` arguments (`name`, `dtype`, ...).
+
+    Raises:
+        ValueError: `task_names` is empty or repeats a name, or an MLP option is invalid.
+    """
+
+    def __init__(
+        self,
+        task_names: Sequence[str],
+        activation: str = "relu",
+        dropout: float = 0.0,
+        batch_norm: bool = False,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        if isinstance(task_names, str) or not task_names or not all(
+            isinstance(t, str) and t for t in task_names
+        ):
+            raise ValueError(f"task_names must be a non-empty list of names, got {task_names!r}")
+        if len(set(task_names)) != len(task_names):
+            raise ValueError(f"task_names must be unique, got {list(task_names)}")
+        check_mlp_options(activation, dropout, batch_norm)
+        self.task_names = list(task_names)
+        self.num_tasks = len(self.task_names)
+        self.activation = activation
+        self.dropout = float(dropout)
+        self.batch_norm = batch_norm
+
+    def _mlp_options(self) -> dict:
+        return {"activation": self.activation, "dropout": self.dropout,
+                "batch_norm": self.batch_norm}
+
+    def gate_outputs(
+        self, x: tf.Tensor | Sequence[tf.Tensor], training: bool | None = None
+    ) -> dict[str, tf.Tensor]:
+        """`{gate name: (batch, experts it sees)}` softmax weights for `x` (eager or traced)."""
+        return self(x, training=training, return_gates=True)[1]
+
+    def last_shared_variables(self) -> list[tf.Variable]:
+        """The weights of the last layer every task shares (empty where there is none)."""
+        raise NotImplementedError
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "task_names": list(self.task_names),
+                **self._mlp_options()}

@@ -38,7 +38,7 @@ def serving_function(model: keras.Model, config: Config) -> tf.types.experimenta
         served[config.model.esmm.ctcvr_name] = "none"
 
     @tf.function(input_signature=[specs])
-    def serve(features):
+    def serve(features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         outputs = model(features, training=False)
         return {
             name: invert_output(tf.squeeze(outputs[name], axis=-1), transform)

@@ -31,14 +31,14 @@ class HashedEmbedding(keras.layers.Layer):
     Output shape: `(batch, dim)`.
     """
 
-    def __init__(self, num_buckets: int, dim: int, **kwargs):
+    def __init__(self, num_buckets: int, dim: int, **kwargs) -> None:
         super().__init__(**kwargs)
         if num_buckets < 1 or dim < 1:
             raise ValueError(f"num_buckets and dim must be >= 1, got {num_buckets} and {dim}")
         self.num_buckets = num_buckets
         self.dim = dim
 
-    def build(self, input_shape):
+    def build(self, input_shape: tf.TensorShape) -> None:
         self.embeddings = self.add_weight(
             name="embeddings",
             shape=(self.num_buckets, self.dim),
@@ -66,7 +66,7 @@ class Standardize(keras.layers.Layer):
     Input shape: `(batch, n)` float32. Output shape: `(batch, n)`.
     """
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float], **kwargs):
+    def __init__(self, mean: Sequence[float], std: Sequence[float], **kwargs) -> None:
         super().__init__(**kwargs)
         if len(mean) != len(std):
             raise ValueError(f"mean and std differ in length: {len(mean)} != {len(std)}")
@@ -76,7 +76,7 @@ class Standardize(keras.layers.Layer):
         # A constant column (std 0) is centred, not divided by zero.
         self.std = [float(s) if s > 0 else 1.0 for s in std]
 
-    def build(self, input_shape):
+    def build(self, input_shape: tf.TensorShape) -> None:
         n = len(self.mean)
         if input_shape[-1] != n:
             raise ValueError(f"expected {n} numeric columns, got input shape {input_shape}")
@@ -108,8 +108,10 @@ def raw_inputs(data: DataConfig) -> dict[str, keras.Input]:
 def embedding_tables(
     data: DataConfig, embeddings: EmbeddingsConfig, prefix: str = ""
 ) -> dict[str, PartitionedEmbedding]:
-    """One partitioned table per `embedding_table` (a feature's own name unless it shares one),
-    named `<prefix>embed_<table>`."""
+    """One partitioned table per `embedding_table`, named `<prefix>embed_<table>`.
+
+    A feature's `embedding_table` is its own name unless it shares one.
+    """
     tables: dict[str, PartitionedEmbedding] = {}
     for f in data.categorical:
         if f.table in tables:
@@ -134,12 +136,12 @@ def feature_vector(
     """Concatenates every categorical embedding and the standardized numeric columns.
 
     Args:
-        inputs: raw feature tensors of shape `(batch,)`, keyed by log name.
-        data: the data part of the config.
+        inputs: Raw feature tensors of shape `(batch,)`, keyed by log name.
+        data: The data part of the config.
         normalization: `{numeric feature: {"mean": m, "std": s}}` from the first trained day.
-        embeddings: how tables are split into shards (defaults when None).
-        prefix: prepended to layer names, so that several sets of embeddings can coexist (the
-          single-task baseline gives every task its own).
+        embeddings: How tables are split into shards (defaults when None).
+        prefix: Prepended to layer names, so that several sets of embeddings can coexist (the
+            single-task baseline gives every task its own).
 
     Returns:
         A float32 tensor of shape `(batch, sum(embedding_dim) + number of numeric features)`,

@@ -30,7 +30,7 @@ class TaskTower(keras.layers.Layer):
         dropout: float = 0.0,
         batch_norm: bool = False,
         **kwargs,
-    ):
+    ) -> None:
         super().__init__(**kwargs)
         if task_type not in ("binary", "regression"):
             raise ValueError(f"task_type must be 'binary' or 'regression', got {task_type!r}")
@@ -48,7 +48,7 @@ class TaskTower(keras.layers.Layer):
         # float32 under a mixed precision policy: the output feeds the loss and serving
         self.out = keras.layers.Dense(1, dtype="float32")
 
-    def call(self, x: tf.Tensor, training=None) -> tf.Tensor:
+    def call(self, x: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         for i, layer in enumerate(self.hidden):
             x = layer(x)
             if self.norms:
@@ -74,8 +74,8 @@ def build_heads(config: Config, per_task: list[tf.Tensor]) -> dict[str, tf.Tenso
     """Towers on the backbone's per-task outputs, and the ESMM chain when configured.
 
     Args:
-        config: the whole config (tasks, model.heads, model.esmm, tower sizes).
-        per_task: the backbone's outputs, one `(batch, d)` tensor per task, in task order.
+        config: The whole config (tasks, model.heads, model.esmm, tower sizes).
+        per_task: The backbone's outputs, one `(batch, d)` tensor per task, in task order.
 
     Returns:
         `{task name: (batch, 1)}`; with ESMM also `{ctcvr_name: (batch, 1)}` = pCTR x pCVR, where

@@ -15,8 +15,13 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from multitower.cluster import tf_config
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import IO
 
 # Start-up lines every TensorFlow 2.16 process prints that say nothing about this run: the CUDA
 # plugin double registration (harmless on CPU and GPU, tensorflow/tensorflow#62075) and absl's
@@ -29,7 +34,7 @@ _NOISE = re.compile(
 
 
 def free_ports(n: int) -> list[int]:
-    """n distinct ports free on localhost right now."""
+    """`n` distinct ports free on localhost right now."""
     sockets = []
     try:
         for _ in range(n):
@@ -48,7 +53,7 @@ def cluster_env(num_workers: int, index: int, ports: Sequence[int]) -> dict[str,
             "TF_CONFIG": tf_config([f"localhost:{p}" for p in ports[:num_workers]], index)}
 
 
-def _pump(stream, prefix: str, sink) -> None:
+def _pump(stream: IO[str], prefix: str, sink: Callable[[str], None]) -> None:
     for line in iter(stream.readline, ""):
         sink(f"{prefix}{line}")
 
@@ -67,10 +72,10 @@ def run_local_workers(
     """Runs `python argv...` as `num_workers` workers of one localhost cluster.
 
     Args:
-        argv: arguments after the Python executable, e.g. `["-m", "commands.cli", "train", ...]`.
-        num_workers: processes to start; worker 0 is the chief.
-        extra_env: variables added to every worker's environment.
-        echo_workers: also print non-chief output (always printed when a worker fails).
+        argv: Arguments after the Python executable, e.g. `["-m", "commands.cli", "train", ...]`.
+        num_workers: Processes to start; worker 0 is the chief.
+        extra_env: Variables added to every worker's environment.
+        echo_workers: Also print non-chief output (always printed when a worker fails).
 
     Returns:
         0 if every worker succeeded, else the first failing worker's exit code.

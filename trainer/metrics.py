@@ -26,11 +26,13 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def rmse(labels: np.ndarray, predictions: np.ndarray) -> float:
+    """Root mean squared error, in float64."""
     diff = np.asarray(predictions, dtype=np.float64) - np.asarray(labels, dtype=np.float64)
     return float(np.sqrt(np.mean(diff**2)))
 
 
 def mae(labels: np.ndarray, predictions: np.ndarray) -> float:
+    """Mean absolute error, in float64."""
     diff = np.asarray(predictions, dtype=np.float64) - np.asarray(labels, dtype=np.float64)
     return float(np.mean(np.abs(diff)))
 

@@ -1,5 +1,6 @@
 """Every path under `train.model_dir`, named once: the rest of the trainer asks `ModelDir`.
 
+    <model_dir>/lease.json                                the run writing here (multitower.lease)
     <model_dir>/state.json                                trained days, frozen constants, layout
     <model_dir>/config.yaml                               the resolved config of the last day
     <model_dir>/checkpoints/ckpt-<global step>            one per trained day (the last 30)
@@ -31,6 +32,10 @@ class ModelDir:
 
     def _path(self, *parts: str) -> str:
         return os.path.join(self.root, *parts)
+
+    @property
+    def lease(self) -> str:
+        return self._path("lease.json")
 
     @property
     def state(self) -> str:

@@ -13,6 +13,7 @@ Keras optimizer). The step counter is the dense optimizer's.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import tensorflow as tf
 import tf_keras as keras
@@ -27,6 +28,9 @@ from trainer.embeddings import (
     owner,
 )
 
+if TYPE_CHECKING:
+    from trainer.embeddings import PartitionedEmbedding
+
 Gradient = tf.Tensor | tf.IndexedSlices | None
 
 
@@ -40,16 +44,16 @@ class MultiTaskOptimizer(keras.optimizers.Optimizer):
     `strategy.scope()`.
 
     Args:
-        dense: a tf-keras optimizer (not a legacy one) for every variable but the shards.
-        tables: the row-sparse optimizer of the embedding shards.
-        name: the optimizer's name.
+        dense: A tf-keras optimizer (not a legacy one) for every variable but the shards.
+        tables: The row-sparse optimizer of the embedding shards.
+        name: The optimizer's name.
 
     Raises:
         TypeError: `dense` or `tables` is of another type.
     """
 
     def __init__(self, dense: keras.optimizers.Optimizer, tables: RowSparseOptimizer,
-                 name: str = "multitask_optimizer"):
+                 name: str = "multitask_optimizer") -> None:
         if not isinstance(dense, keras.optimizers.Optimizer):
             raise TypeError(f"dense must be a tf-keras optimizer (keras.optimizers.Optimizer, "
                             f"not a legacy one), got {type(dense).__name__}")
@@ -73,12 +77,15 @@ class MultiTaskOptimizer(keras.optimizers.Optimizer):
         self.dense.iterations = variable
 
     @property
-    def learning_rate(self):
+    def learning_rate(self) -> tf.Variable:
         """The dense optimizer's learning rate (the tables' is `tables.learning_rate`)."""
         return self.dense.learning_rate
 
     @learning_rate.setter
-    def learning_rate(self, learning_rate) -> None:
+    def learning_rate(
+        self,
+        learning_rate: float | tf.Variable | keras.optimizers.schedules.LearningRateSchedule,
+    ) -> None:
         self.dense.learning_rate = learning_rate
 
     @property
@@ -92,7 +99,7 @@ class MultiTaskOptimizer(keras.optimizers.Optimizer):
         Call it inside the strategy scope, before restoring; each part is built once.
 
         Args:
-            variables: every trainable variable to optimize: embedding shards and the rest.
+            variables: Every trainable variable to optimize: embedding shards and the rest.
         """
         dense = [v for v in variables if not is_embedding_variable(v)]
         if dense:
@@ -112,14 +119,14 @@ class MultiTaskOptimizer(keras.optimizers.Optimizer):
         Args:
             grads_and_vars: `(gradient, variable)` pairs; None gradients of shards are dropped,
                 the others are the dense optimizer's to judge.
-            name: name scope of the update ops; the optimizer's name by default.
-            **kwargs: passed on to `dense.apply_gradients`.
+            name: Name scope of the update ops; the optimizer's name by default.
+            **kwargs: Passed on to `dense.apply_gradients`.
 
         Returns:
             `iterations`.
 
         Raises:
-            RuntimeError: called in cross-replica context under a strategy of several
+            RuntimeError: Called in cross-replica context under a strategy of several
                 replicas, where the shards' gradients cannot be summed.
         """
         dense, shards = [], []
@@ -148,12 +155,13 @@ class MultiTaskOptimizer(keras.optimizers.Optimizer):
                 "tables": self.tables.get_config()}
 
     @classmethod
-    def from_config(cls, config: dict, custom_objects=None) -> MultiTaskOptimizer:
+    def from_config(cls, config: dict, custom_objects: dict | None = None
+                    ) -> MultiTaskOptimizer:
         return cls(keras.optimizers.deserialize(config["dense"], custom_objects=custom_objects),
                    make_row_sparse_optimizer(**config["tables"]), name=config["name"])
 
 
-def _tables_of(shards: Iterable[tf.Variable]) -> list:
+def _tables_of(shards: Iterable[tf.Variable]) -> list[PartitionedEmbedding]:
     """The layers owning `shards`, each once, in order of first appearance."""
     return list({id(t): t for t in (owner(v)[0] for v in shards)}.values())
 

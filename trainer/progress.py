@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import tf_keras as keras
+
+if TYPE_CHECKING:
+    from trainer.training_model import TrainingModel
 
 log = logging.getLogger("multitower.trainer")
 
@@ -16,10 +20,17 @@ class ProgressLogger(keras.callbacks.Callback):
     The rate counts from the end of the first step, which includes tracing the training
     function and filling the input pipeline: `steady_rate()` is the throughput of the steps
     after it (None with a single step).
+
+    Args:
+        date: The day being trained, shown in every line.
+        steps: The steps this run trains.
+        global_batch_size: Examples per step over every replica.
+        first_step: The global step this run starts from.
+        show: Whether to log (the chief does; other workers only count).
     """
 
     def __init__(self, date: str, steps: int, global_batch_size: int, first_step: int,
-                 show: bool = True):
+                 show: bool = True) -> None:
         super().__init__()
         self.date = date
         self.steps = steps
@@ -32,11 +43,12 @@ class ProgressLogger(keras.callbacks.Callback):
         self.done = 0
 
     def steady_rate(self) -> float | None:
+        """Examples per second over the steps after the first (None before the second step)."""
         if self.done < 2:
             return None
         return (self.done - 1) * self.batch / max(self.last_end - self.first_end, 1e-9)
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         done = batch + 1
         self.done, self.last_end = done, time.perf_counter()
         if self.first_end is None:
@@ -62,10 +74,10 @@ class BalancerEpochEnd(keras.callbacks.Callback):
     the same update.
     """
 
-    def __init__(self, model: keras.Model):
+    def __init__(self, model: TrainingModel) -> None:
         super().__init__()
         self._model = model
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         terms = [t.name for t in self._model.terms]
         self._model.balancer.end_of_epoch({t: float(logs[f"{t}_loss"]) for t in terms})

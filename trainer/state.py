@@ -45,13 +45,16 @@ class TrainState:
 
     @property
     def last_date(self) -> str | None:
+        """The last trained day, or None before the first."""
         return self.days[-1].date if self.days else None
 
     @property
     def global_step(self) -> int:
+        """The global step the last trained day ended at (0 before the first)."""
         return self.days[-1].global_step if self.days else 0
 
     def to_json(self) -> str:
+        """The state as `state.json` text, with `last_date` and `global_step` spelled out."""
         doc = asdict(self)
         doc.update(last_date=self.last_date, global_step=self.global_step)
         return json.dumps(doc, indent=2, sort_keys=True)

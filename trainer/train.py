@@ -7,6 +7,7 @@ paths under `model_dir` in `trainer.model_dir`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -18,7 +19,8 @@ import tf_keras as keras
 from multitower.cluster import TaskInfo, task_info
 from multitower.config import Config
 from multitower.exports import model_base, versions
-from multitower.manifest import day_dir, partition_files, read_manifest
+from multitower.lease import Lease
+from multitower.manifest import check_partition, day_dir, partition_files, read_manifest
 from trainer.backup import MidDayBackup, latest_backup, remove_backups
 from trainer.collectives import CollectiveSaver, create_save_counter, read_weights
 from trainer.data import make_dataset
@@ -27,6 +29,7 @@ from trainer.evaluate import evaluate_model, restore_network
 from trainer.export import export_saved_model
 from trainer.history import append_history, numeric_drift
 from trainer.incremental import StartPoint, TrainingError, plan_day
+from trainer.memory import check_memory
 from trainer.model_dir import CHECKPOINTS_KEPT, ModelDir
 from trainer.network import Normalization, build_network
 from trainer.progress import BalancerEpochEnd, ProgressLogger
@@ -93,15 +96,28 @@ def train_day(
         TrainingError: The day cannot be trained as asked; the message says why.
     """
     strategy = strategy or make_strategy()
+    # Only the chief writes into model_dir, so only the chief holds its lease: before it reads
+    # the state, until the state, the export and its version number are written.
+    lease = _model_dir_lease(config) if task_info().is_chief else contextlib.nullcontext()
+    with lease:
+        return _train_day(config, date, strategy, force, allow_gap, callbacks or [], lease)
+
+
+def _train_day(config: Config, date: str, strategy: tf.distribute.Strategy, force: bool,
+               allow_gap: bool, callbacks: list[keras.callbacks.Callback],
+               lease: Lease | contextlib.nullcontext) -> DayResult:
+    check_memory(config)  # every worker: each holds every table
     day = plan_training(config, date, force=force, allow_gap=allow_gap)
     if day.info.is_chief and day.start.checkpoint and not day.resume:
         _progressive_validation(config, day)
     model, checkpoint = _build_and_restore(config, day, strategy)
     first_step = int(model.optimizer.iterations.numpy())
     started = time.perf_counter()
-    metrics, progress = _fit(config, day, model, checkpoint, first_step, callbacks or [])
+    metrics, progress = _fit(config, day, model, checkpoint, first_step, callbacks)
     seconds = time.perf_counter() - started
     global_step = int(model.optimizer.iterations.numpy())
+    if isinstance(lease, Lease):
+        lease.check()  # taken over while this run trained: publish nothing
     version, export_path = _publish(config, day, model, checkpoint, global_step, metrics)
     rate = progress.steady_rate()
     log.info(
@@ -112,12 +128,22 @@ def train_day(
     return DayResult(date, day.steps, global_step, version, export_path, metrics, model)
 
 
+def _model_dir_lease(config: Config) -> Lease:
+    model_dir = config.train.model_dir
+    return Lease(
+        ModelDir(model_dir).lease, f"model_dir {model_dir}", config.train.lease_ttl_seconds,
+        hint=f"Wait for that run to end; if it died on another host, its lease expires "
+             f"{config.train.lease_ttl_seconds:g} s after its last heartbeat "
+             f"(train.lease_ttl_seconds)")
+
+
 def plan_training(config: Config, date: str, force: bool = False, allow_gap: bool = False
                   ) -> DayPlan:
     """Reads the day's manifest and the model's state and decides where the day starts.
 
     Raises:
         TrainingError: Another schema, too few rows, or a refusal of `plan_day`.
+        PartitionCorruptError: A file of the day differs from its manifest.
     """
     info = task_info()
     model_dir, batch = config.train.model_dir, config.train.batch_size
@@ -138,6 +164,9 @@ def plan_training(config: Config, date: str, force: bool = False, allow_gap: boo
             f"{model_dir} holds a model for data schema {state.schema_fingerprint}, but the "
             f"config's schema is {fingerprint}; use a new train.model_dir for a new schema")
     start = plan_day(state, date, model_dir, force=force, allow_gap=allow_gap)
+    # Every byte against the manifest's sizes and checksums, on every worker, before any model
+    # exists: a damaged file is named here rather than found mid-day as a record offset.
+    check_partition(config.data.tfrecords, date)
     normalization = start.state.normalization if start.state else _normalization(manifest)
     day_start = start.state.global_step if start.state else 0
     backups = ModelDir(model_dir).backup(date, day_start, info.num_workers)
@@ -256,8 +285,10 @@ def _next_version(config: Config, state: TrainState | None) -> int:
 
 def _export(config: Config, normalization: Normalization, weights: list[np.ndarray],
             version: int) -> str:
-    """Exports a copy of the network built outside the strategy (exporting the distributed
-    one would need every worker)."""
+    """Exports a copy of the network built outside the strategy.
+
+    Exporting the distributed network would need every worker.
+    """
     copy = build_network(config, normalization)
     copy.set_weights(weights)
     return export_saved_model(copy, config, version)

@@ -74,8 +74,10 @@ class TrainingModel(keras.Model):
         return self.network(inputs, training=training)
 
     def build_optimizer(self) -> None:
-        """Creates every optimizer slot (inside the strategy scope, after `compile`), so that a
-        restored checkpoint fills them too."""
+        """Creates every optimizer slot, so that a restored checkpoint fills them too.
+
+        Call it inside the strategy scope, after `compile`.
+        """
         self.optimizer.build(self.network.trainable_variables + self.balancer.trainable_weights())
 
     def checkpoint(self) -> tf.train.Checkpoint:
@@ -90,7 +92,14 @@ class TrainingModel(keras.Model):
             found.append(self._cvr_auc)
         return found + list(self._gate_means.values())
 
-    def _update_metrics(self, labels, targets, outputs, losses, total) -> dict[str, tf.Tensor]:
+    def _update_metrics(
+        self,
+        labels: dict[str, tf.Tensor],
+        targets: dict[str, tuple[tf.Tensor, tf.Tensor]],
+        outputs: dict[str, tf.Tensor],
+        losses: dict[str, tf.Tensor],
+        total: tf.Tensor,
+    ) -> dict[str, tf.Tensor]:
         self._loss.update_state(total)
         for term in self.terms:
             mean_loss, quality = self._term_metrics[term.name]
@@ -121,7 +130,9 @@ class TrainingModel(keras.Model):
             logs[f"weight/{term}"] = weight
         return logs
 
-    def train_step(self, data):
+    def train_step(self, data: tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]
+                   ) -> dict[str, tf.Tensor]:
+        """One step on `(features, labels)`: balanced gradients applied, then the logs."""
         features, labels = data
         targets = term_targets(self.terms, labels)
         with tf.GradientTape(persistent=True) as tape:
@@ -136,7 +147,9 @@ class TrainingModel(keras.Model):
         self.optimizer.apply_gradients(zip(grads, variables + extra, strict=True))
         return self._update_metrics(labels, targets, outputs, losses, total)
 
-    def test_step(self, data):
+    def test_step(self, data: tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]
+                  ) -> dict[str, tf.Tensor]:
+        """Scores `(features, labels)`: the logs, with training's objective as `loss`."""
         features, labels = data
         targets = term_targets(self.terms, labels)
         outputs = self.network(features, training=False)

@@ -1,5 +1,7 @@
-"""`data:`: where a day's logs are, the columns they hold (features and task labels), and where
-the preprocessed day goes."""
+"""`data:`: the logs of a day, the columns they hold, and where the preprocessed day goes.
+
+Columns are features and task labels; each has a kind the value checker knows.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 
 from multitower.config.fields import NonNegativeFloat, PositiveFloat, PositiveInt, Strict
+from multitower.origin import ORIGIN_FIELDS, RESERVED_PREFIX
 
 
 class CategoricalFeature(Strict):
@@ -41,6 +44,7 @@ class NumericFeature(Strict):
 
 
 Feature = Annotated[CategoricalFeature | NumericFeature, Field(discriminator="type")]
+Bound = Annotated[float, Field(allow_inf_nan=False)]  # a label bound: a finite number
 
 
 class Task(Strict):
@@ -48,7 +52,9 @@ class Task(Strict):
 
     A regression task may train on a transformed label (`log1p` for heavy tails such as watch
     time); the exported model inverts it, so serving returns the original unit. An `optional`
-    label may be missing on a row: that row is then masked out of this task's loss only.
+    label may be missing on a row: that row is then masked out of this task's loss only. A
+    regression task may bound its label (`min: 0` for a watch time): log rows with a label
+    outside `[min, max]` are rejected.
     """
 
     name: str
@@ -59,6 +65,8 @@ class Task(Strict):
     huber_delta: PositiveFloat = 1.0
     label_transform: Literal["none", "log1p"] = "none"  # regression only
     optional: bool = False
+    min: Bound | None = None  # regression only: the smallest label accepted
+    max: Bound | None = None  # regression only: the largest label accepted
 
     @property
     def label_column(self) -> str:
@@ -70,6 +78,12 @@ class Task(Strict):
             raise ValueError(
                 f"task {self.name!r}: loss and label_transform apply to regression tasks only"
             )
+        if self.type == "binary" and (self.min is not None or self.max is not None):
+            raise ValueError(f"task {self.name!r}: min and max apply to regression tasks only "
+                             f"(a binary label is always 0 or 1)")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"task {self.name!r}: min ({self.min:g}) is greater than max "
+                             f"({self.max:g})")
         return self
 
 
@@ -81,6 +95,9 @@ class DataConfig(Strict):
     tfrecords: str
     rejected: str
     num_shards: PositiveInt = 4
+    # A preprocess run holds a lease on its day; one whose heartbeat is older than this is
+    # stale (its holder died) and another run may take it over.
+    lease_ttl_seconds: PositiveFloat = 120.0
     features: Annotated[list[Feature], Field(min_length=1)]
     tasks: Annotated[list[Task], Field(min_length=1)]
 
@@ -100,6 +117,10 @@ class DataConfig(Strict):
             if column in seen:
                 raise ValueError(f"column {column!r} is used twice: by {seen[column]} and {owner}")
             seen[column] = owner
+        reserved = sorted(c for c in seen if c.startswith(RESERVED_PREFIX))
+        if reserved:  # every example carries its origin under these names
+            raise ValueError(f"column names may not start with {RESERVED_PREFIX!r}, got "
+                             f"{reserved}")
         names = [t.name for t in self.tasks]
         if len(set(names)) != len(names):
             raise ValueError(f"task names must be unique, got {names}")
@@ -138,6 +159,7 @@ class DataConfig(Strict):
         schema = {
             "features": [[f.name, f.type, f.dtype] for f in self.features],
             "tasks": [[t.name, t.type, t.label_column, t.optional] for t in self.tasks],
+            "origin": list(ORIGIN_FIELDS),
         }
         return hashlib.sha256(json.dumps(schema, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -13,7 +13,10 @@ Units = Annotated[list[PositiveInt], Field(min_length=1)]
 
 
 class Strict(BaseModel):
-    """A config section: no silent coercion ("4" is not an int, 4.0 is not an int), an unknown
-    key is an error, and a loaded section never changes."""
+    """A config section, validated strictly.
+
+    No silent coercion ("4" is not an int, 4.0 is not an int), an unknown key is an error, and
+    a loaded section never changes.
+    """
 
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)

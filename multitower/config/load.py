@@ -1,5 +1,7 @@
-"""Loading a config file: YAML, strict validation, errors that name the file and the key, and
-relative paths resolved against the file's own directory."""
+"""Loading a config file: YAML, strict validation, and errors that name the file and the key.
+
+Relative paths are resolved against the file's own directory.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +23,33 @@ class ConfigError(MultitowerError, ValueError):
 
 _PATH_KEYS = (("data", "logs"), ("data", "tfrecords"), ("data", "rejected"),
               ("train", "model_dir"), ("train", "export_dir"))
+
+
+class _DuplicateKeyError(yaml.YAMLError):
+    """A key repeated in one mapping, where plain YAML loading keeps the last value silently."""
+
+    def __init__(self, key: Any, line: int, first: int) -> None:
+        super().__init__(f"line {line}: duplicate key {key!r} (first at line {first}); "
+                         f"a key may appear once per mapping")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.safe_load`'s loader, refusing a key that appears twice in one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *defaults` merges keys that the mapping may then override
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in first_line:
+                    raise _DuplicateKeyError(key, line, first_line[key])
+                first_line[key] = line
+            except TypeError:  # an unhashable key: the base loader says so itself
+                continue
+        return super().construct_mapping(node, deep)
 
 
 def _resolve(path: str, base: Path) -> str:
@@ -66,12 +95,20 @@ def parse_config(raw: Any, source: str = "<config>") -> Config:
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
-    """Reads, validates and resolves a YAML config file."""
+    """Reads, validates and resolves a YAML config file.
+
+    Raises:
+        ConfigError: The file is unreadable, not YAML, repeats a key within one mapping (YAML
+            would keep the last value silently), or does not validate; the message names the
+            file and the key (and the line of a repeated key).
+    """
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader
     except OSError as err:
         raise ConfigError(f"{path}: cannot read the config file: {err.strerror}") from None
+    except _DuplicateKeyError as err:
+        raise ConfigError(f"{path}: {err}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     config = parse_config(raw, str(path))

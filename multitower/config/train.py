@@ -38,4 +38,10 @@ class TrainConfig(Strict):
     # mixed_bfloat16: layers compute in bfloat16, variables, outputs and losses stay float32
     # (no loss scaling needed, unlike float16); fast on GPUs with bfloat16 units (A100, H100).
     precision: Literal["float32", "mixed_bfloat16"] = "float32"
+    # A run holds a lease on model_dir; a lease whose heartbeat is older than this is stale
+    # (its holder died), and another run may take it over. The heartbeat beats every third.
+    lease_ttl_seconds: PositiveFloat = 120.0
+    # Bytes the embedding tables (and their optimizer slots) may take per worker; by default
+    # the worker's cgroup limit or the machine's available memory (see trainer/memory.py).
+    memory_budget_bytes: PositiveInt | None = None
 

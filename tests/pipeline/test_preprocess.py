@@ -21,8 +21,8 @@ from multitower.config import Config, parse_config
 from multitower.manifest import MANIFEST_NAME, ManifestMissingError, read_manifest
 from multitower.records import parse_spec
 from pipeline.generate import Population, generate_day
-from pipeline.read_logs import ReadLogLines
-from pipeline.stats import ComputeStats
+from pipeline.read_logs import FAULTS, LINES, ReadLogLines
+from pipeline.shards import RECORDS, REJECTED, WriteShards, shard_of
 from pipeline.validate import LogLine, ValidateRows, reason_category
 
 pytestmark = pytest.mark.integration
@@ -183,7 +183,8 @@ def test_missing_day_and_bad_date(tmp_path, example_raw):
     config = _config(example_raw, tmp_path, 2)
     with pytest.raises(FileNotFoundError, match="2026-01-05: nothing matches .*/dt=2026-01-05"):
         preprocess.run_preprocess(config, "2026-01-05", DIRECT)
-    assert not (tmp_path / "tfrecords").exists()
+    # the day's lease was taken first and released: nothing is left under the root
+    assert list((tmp_path / "tfrecords").iterdir()) == []
     with pytest.raises(ValueError, match="YYYY-MM-DD"):
         preprocess.run_preprocess(config, "01/05/2026", DIRECT)
     with pytest.raises(ManifestMissingError, match="dt=2026-01-05"):
@@ -193,34 +194,43 @@ def test_missing_day_and_bad_date(tmp_path, example_raw):
 def test_transforms_with_assert_that(tmp_path, data_config, rows):
     good, bad = json.dumps(rows[0]), json.dumps({**rows[1], "device": 7})
     (tmp_path / "a.jsonl").write_text(f"{good}\n\n{bad}\n")
-    expected_clean = {k: rows[0][k] for k in (*[f.name for f in data_config.features],
-                                              "click", "conversion", "watch_time")}
-    expected_clean["click"] = float(expected_clean["click"])
-    expected_clean["conversion"] = float(expected_clean["conversion"])
+    (tmp_path / "b.jsonl.gz").write_bytes(b"not gzip")
     source = str(tmp_path / "a.jsonl")
+    records, rejected = tmp_path / "records", tmp_path / "rejected"
+    n = data_config.num_shards
+    shard = {line: shard_of(source, line, n) for line in (1, 2, 3)}
+    reasons = {2: "empty line", 3: "field 'device': expected a string"}
+    want_rejected: dict[int, Counter] = {}
+    for line, reason in reasons.items():
+        want_rejected.setdefault(shard[line], Counter())[reason] += 1
     with beam.Pipeline("DirectRunner") as p:
-        lines = p | beam.Create([source]) | ReadLogLines()
-        checked = lines | ValidateRows(data_config)
+        read = p | beam.Create([source, str(tmp_path / "b.jsonl.gz")]) | ReadLogLines()
+        lines = read[LINES]
         assert_that(lines | "Numbers" >> beam.Map(lambda x: (x.line, x.text)),
                     equal_to([(1, good.encode()), (2, b""), (3, bad.encode())]), label="Lines")
-        assert_that(checked.valid, equal_to([expected_clean]), label="Valid")
-        assert_that(checked.rejected | beam.Map(lambda r: (r["line"], r["reason"], r["source"])),
-                    equal_to([(2, "empty line", source),
-                              (3, "field 'device': expected a string, got int 7", source)]),
-                    label="Rejected")
-        stats = {"read": lines, "valid": checked.valid, "rejected": checked.rejected} | (
-            ComputeStats(data_config))
-        assert_that(stats | beam.Map(lambda s: (s["rows"], s["numeric"]["position"]["mean"])),
-                    equal_to([({"read": 3, "written": 1, "rejected": 2},
-                               float(rows[0]["position"]))]), label="Stats")
+        assert_that(read[FAULTS], equal_to([(str(tmp_path / "b.jsonl.gz"),
+                                             "not a gzip file (it starts with b'not gzip')")]),
+                    label="Faults")
+        written = lines | WriteShards(data_config, str(records), str(rejected))
+        assert_that(written[RECORDS] | beam.Map(lambda s: (s["shard"], s["rows"])),
+                    equal_to([(i, int(i == shard[1])) for i in range(n)]), label="Records")
+        assert_that(written[REJECTED] | beam.Map(lambda s: (s["file"], s["reasons"])),
+                    equal_to([(f"rejected-0000{i}-of-0000{n}.jsonl", dict(c))
+                              for i, c in want_rejected.items()]), label="Rejected")
+    refused = [json.loads(line) for path in sorted(rejected.iterdir())
+               for line in path.read_text().splitlines()]
+    assert sorted((r["line"], r["reason"], r["source"]) for r in refused) == [
+        (2, "empty line", source), (3, "field 'device': expected a string, got int 7", source)]
+    assert sorted(os.listdir(records)) == [f"part-0000{i}-of-0000{n}.tfrecord.gz" for i in range(n)]
 
 
-def test_validate_rows_on_created_lines(data_config):
+def test_validate_rows_on_created_lines(data_config, rows):
+    no_user = json.dumps({k: v for k, v in rows[0].items() if k != "user_id"})
     with beam.Pipeline("DirectRunner") as p:
-        checked = p | beam.Create([LogLine("mem", 1, b"{}"), LogLine("mem", 2, b"nope")]) | (
-            ValidateRows(data_config))
+        checked = p | beam.Create([LogLine("mem", 1, no_user.encode()),
+                                   LogLine("mem", 2, b"nope")]) | ValidateRows(data_config)
         assert_that(checked.valid, equal_to([]), label="NoneValid")
         assert_that(checked.rejected | beam.Map(lambda r: (r["line"], r["raw"],
                                                            reason_category(r["reason"]))),
-                    equal_to([(1, "{}", "missing field 'user_id'"), (2, "nope", "invalid JSON")]),
-                    label="Reasons")
+                    equal_to([(1, no_user, "missing field 'user_id'"),
+                              (2, "nope", "invalid JSON")]), label="Reasons")

@@ -51,6 +51,15 @@ def test_valid_row_keeps_configured_columns_only(data_config):
          "field 'user_activity': expected a finite number, got float -inf"),
         (_with(item_price=1e39),
          "field 'item_price': number out of float32 range, got float 1e+39"),
+        (_with(hour=2**63),
+         "field 'hour': integer out of int64 range, got int 9223372036854775808"),
+        (_with(position=-(2**63) - 1),
+         "field 'position': integer out of int64 range, got int -9223372036854775809"),
+        (_with(item_price=10**400), "field 'item_price': number out of float32 range, got int "
+                                    "1000000000000000000000000000000000000..."),
+        (_with(user_id="a\ud800"),
+         "field 'user_id': invalid Unicode (a lone surrogate), got str 'a\\ud800'"),
+        (_with(watch_time=-0.5), "field 'watch_time': below the minimum 0, got float -0.5"),
         (_with(click=2), "field 'click': expected a binary label 0 or 1, got int 2"),
         (_with(click=0.5), "field 'click': expected a binary label 0 or 1, got float 0.5"),
         (_with(conversion="1"), "field 'conversion': expected a binary label 0 or 1, got str '1'"),
@@ -93,7 +102,13 @@ def test_parse_line(data_config):
         ("field 'device': null value", "field 'device': null value"),
         ("missing field 'user_id'", "missing field 'user_id'"),
         ("invalid JSON: Expecting value: line 1 column 1 (char 0)", "invalid JSON"),
-        ("invalid UTF-8: invalid start byte at byte 14", "invalid UTF-8"),
+        ("invalid UTF-8: invalid start byte (0xff) at byte 14", "invalid UTF-8"),
+        ("duplicate key: 'user_id' appears twice in one object", "duplicate key"),
+        ("JSON nested too deeply: more than 100 levels", "JSON nested too deeply"),
+        ("field 'watch_time': below the minimum 0, got int -1",
+         "field 'watch_time': below the minimum 0"),
+        ("field 'user_id': invalid Unicode (a lone surrogate), got str '\\ud800'",
+         "field 'user_id': invalid Unicode (a lone surrogate)"),
         ("not a JSON object: got list", "not a JSON object"),
         ("empty line", "empty line"),
     ],
@@ -124,3 +139,45 @@ def test_optional_label_may_be_missing_or_null_but_not_wrong(example_raw):
     parsed = tf.io.parse_example([encode_example(clean, data)], parse_spec(data))
     assert np.isnan(parsed["watch_time"].numpy()[0]) and parsed["click"].numpy()[0] == 1.0
     assert data.schema_fingerprint() != parse_config(example_raw).data.schema_fingerprint()
+
+
+def test_the_first_fault_in_column_name_order_is_the_reason(data_config):
+    # device comes before item_price and user_id in name order, whatever the config order
+    row = _with(user_id=1, item_price="x", device=None)
+    assert validate_row(row, data_config) == (None, "field 'device': null value")
+    assert validate_row(_with(user_id=_DROP, click=2), data_config)[1] == (
+        "field 'click': expected a binary label 0 or 1, got int 2")
+
+
+def test_parse_line_refuses_what_json_loads_would_let_through(data_config):
+    text = json.dumps(VALID)
+    # duplicate keys: json.loads keeps the last value, silently
+    twice = text[:-1] + ', "item_price": 13}'
+    assert json.loads(twice)["item_price"] == 13
+    assert parse_line(twice, data_config) == (
+        None, "duplicate key: 'item_price' appears twice in one object")
+    # a UTF-8 BOM, and every UTF-8 fault named with its bytes and position
+    assert parse_line(b"\xef\xbb\xbf" + text.encode(), data_config) == (
+        None, "invalid JSON: a UTF-8 byte order mark (BOM) starts the line")
+    assert parse_line(b'{"a": "\xe9t\xe9"}', data_config) == (
+        None, "invalid UTF-8: invalid continuation byte (0xe9) at byte 7")
+    # an integer of more digits than Python converts: the column is named, not a traceback
+    huge = text.replace('"position": 3', '"position": ' + "9" * 4301)
+    assert parse_line(huge, data_config) == (
+        None, "field 'position': integer out of int64 range, got int <an integer of 4301 digits>")
+    ignored = text[:-1] + ', "unused": -' + "9" * 4301 + "}"
+    assert parse_line(ignored, data_config)[1] is None  # an unread column, like any other
+
+
+def test_an_optional_bounded_label_is_checked_only_when_present(example_raw):
+    import copy
+
+    from multitower.config import parse_config
+
+    raw = copy.deepcopy(example_raw)
+    raw["data"]["tasks"][2].update(optional=True, min=0, max=100)
+    data = parse_config(raw).data
+    assert validate_row(_with(watch_time=None), data)[0]["watch_time"] is None
+    assert validate_row(_with(watch_time=100), data)[0]["watch_time"] == 100.0
+    assert validate_row(_with(watch_time=100.5), data)[1] == (
+        "field 'watch_time': above the maximum 100, got float 100.5")

@@ -1,12 +1,13 @@
 """Days in order: warm starts, refusals with their messages, --force, --allow-gap, history."""
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
 from multitower.dates import date_range
-from tests.helpers import DAYS, config_in
+from tests.helpers import DAYS, config_in, race
 from trainer.incremental import TrainingError, checkpoint_at, plan_day
 from trainer.state import TrainedDay, TrainState
 
@@ -109,3 +110,21 @@ def test_a_day_preprocessed_for_another_schema_is_refused(small_project, tmp_pat
                        f"schema is {config.data.schema_fingerprint()}; preprocess the day again"):
         train_day(config, DAYS[0])
     assert not (tmp_path / "model" / "state.json").exists()
+
+
+@pytest.mark.integration
+def test_two_trainings_of_one_model_dir_at_once_one_is_refused_by_the_lease(small_project,
+                                                                          tmp_path):
+    config = str(config_in(small_project, tmp_path, mmoe={"num_experts": 2, "expert_units": [8]}))
+    lease = tmp_path / "model" / "lease.json"
+    command = [sys.executable, "-m", "commands.cli", "train", "--config", config, "--date", DAYS[0]]
+    first, second = race(command, command, lease.exists)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert second.returncode == 1, second.stderr[-3000:]
+    refusal = second.stderr.strip().splitlines()[-1]
+    assert refusal.startswith(f"Error: model_dir {tmp_path}/model is in use by run ")
+    assert refusal.endswith("(train.lease_ttl_seconds)")
+    state = json.loads((tmp_path / "model" / "state.json").read_text())
+    assert [(d["date"], d["version"]) for d in state["days"]] == [(DAYS[0], 1)]
+    assert sorted(p.name for p in (tmp_path / "export" / "impressions").iterdir()) == ["1"]
+    assert not lease.exists()  # released by the run that held it

@@ -45,7 +45,7 @@ def owner(variable: tf.Variable) -> tuple[PartitionedEmbedding, int]:
     """The table a shard variable belongs to, and the shard's index in it.
 
     Args:
-        variable: a shard variable (see `is_embedding_variable`).
+        variable: A shard variable (see `is_embedding_variable`).
 
     Returns:
         `(layer, index)`.
@@ -76,13 +76,13 @@ class PartitionedEmbedding(keras.layers.Layer):
     row-sparse optimizer keys its slots by it in checkpoints.
 
     Args:
-        num_buckets: rows of the whole table (>= 1).
-        dim: embedding width (>= 1).
+        num_buckets: Rows of the whole table (>= 1).
+        dim: Embedding width (>= 1).
         num_shards: P, in `[1, num_buckets]`; None to derive it from the two limits below.
-        min_shard_rows: smallest shard the derived P allows.
-        max_shards: largest derived P.
-        embeddings_initializer: initializer of every shard.
-        placement: where the rows live, one of `PLACEMENTS`. `replicated`: every worker holds
+        min_shard_rows: Smallest shard the derived P allows.
+        max_shards: Largest derived P.
+        embeddings_initializer: Initializer of every shard.
+        placement: Where the rows live, one of `PLACEMENTS`. `replicated`: every worker holds
             the whole table and applies the summed gradients to its copy. Model-parallel
             placements plug in here; only tables of one placement are ever grouped together.
         **kwargs: `keras.layers.Layer` arguments (`name`, `dtype`, ...).
@@ -91,14 +91,15 @@ class PartitionedEmbedding(keras.layers.Layer):
     Output shape: the input shape + `(dim,)`, e.g. `(batch, dim)`.
 
     Raises:
-        ValueError: a size is below 1, `num_shards` is out of range, or `placement` is unknown.
+        ValueError: A size is below 1, `num_shards` is out of range, or `placement` is unknown.
     """
 
     def __init__(
         self, num_buckets: int, dim: int, num_shards: int | None = None,
         min_shard_rows: int = DEFAULT_MIN_SHARD_ROWS, max_shards: int = DEFAULT_MAX_SHARDS,
-        embeddings_initializer="uniform", placement: str = "replicated", **kwargs,
-    ):
+        embeddings_initializer: str | dict | keras.initializers.Initializer = "uniform",
+        placement: str = "replicated", **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
         if num_buckets < 1 or dim < 1:
             raise ValueError(f"num_buckets and dim must be >= 1, got {num_buckets} and {dim}")
@@ -118,7 +119,7 @@ class PartitionedEmbedding(keras.layers.Layer):
         """The shard variables, in row order (empty before the layer is built)."""
         return list(getattr(self, "_shard_list", []))
 
-    def build(self, input_shape):
+    def build(self, input_shape: tf.TensorShape) -> None:
         shards = []
         for i, rows in enumerate(shard_sizes(self.num_buckets, self.num_shards)):
             shard = self.add_weight(
@@ -167,7 +168,7 @@ class PartitionedEmbedding(keras.layers.Layer):
         """The whole `(num_buckets, dim)` table; reads every row (tests, diagnostics)."""
         return tf.concat([tf.convert_to_tensor(s) for s in self._shard_list], axis=0)
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: tf.TensorShape) -> tf.TensorShape:
         return tf.TensorShape(input_shape).concatenate([self.dim])
 
     def get_config(self) -> dict:

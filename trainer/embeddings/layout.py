@@ -20,11 +20,11 @@ def resolve_num_shards(
     """P for a table of `num_buckets` rows.
 
     Args:
-        num_buckets: rows of the whole table.
+        num_buckets: Rows of the whole table.
         num_shards: P itself, in `[1, num_buckets]`; None to derive it from the limits below.
-        min_shard_rows: the derived P keeps every shard at least this long (like TF's
+        min_shard_rows: The derived P keeps every shard at least this long (like TF's
             MinSizePartitioner), with at least one shard.
-        max_shards: the largest derived P.
+        max_shards: The largest derived P.
 
     Returns:
         `num_shards` when given, else `max(1, min(max_shards, num_buckets // min_shard_rows))`.
@@ -47,7 +47,7 @@ def shard_sizes(num_buckets: int, num_shards: int) -> list[int]:
     """Rows per shard in the "div" layout: `[3, 3, 3, 2, 2]` for 13 rows in 5 shards.
 
     Args:
-        num_buckets: rows of the whole table.
+        num_buckets: Rows of the whole table.
         num_shards: P.
 
     Returns:
@@ -61,8 +61,8 @@ def locate(ids: tf.Tensor, num_buckets: int, num_shards: int) -> tuple[tf.Tensor
     """Where each id lives.
 
     Args:
-        ids: integer ids in `[0, num_buckets)`, any shape.
-        num_buckets: rows of the whole table.
+        ids: Integer ids in `[0, num_buckets)`, any shape.
+        num_buckets: Rows of the whole table.
         num_shards: P.
 
     Returns:
@@ -85,7 +85,7 @@ def local_copy(variable: tf.Variable) -> tf.Variable:
     gathering from a MirroredVariable in replica context reads the whole table instead.
 
     Args:
-        variable: a variable, mirrored or not.
+        variable: A variable, mirrored or not.
 
     Returns:
         The current replica's component (the only one with one device per worker), or

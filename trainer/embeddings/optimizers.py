@@ -21,21 +21,26 @@ import contextlib
 import logging
 import weakref
 from collections.abc import Iterable, Sequence
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import tensorflow as tf
 
 from trainer.embeddings.layer import PartitionedEmbedding, owner, shard_name
 from trainer.embeddings.layout import local_copy
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 log = logging.getLogger("multitower.trainer")
 
 
 class _Registry:
-    """Python-side bookkeeping, kept out of checkpoints (AutoTrackable tracks only containers,
-    variables and trackables, not a plain object)."""
+    """Python-side bookkeeping, kept out of checkpoints.
 
-    def __init__(self):
+    AutoTrackable tracks only containers, variables and trackables, not a plain object.
+    """
+
+    def __init__(self) -> None:
         self.layers: dict[str, weakref.ref] = {}
         self.variables: list[tf.Variable] = []  # in creation order
         self.state_created = False
@@ -48,7 +53,7 @@ class RowSparseOptimizer(tf.Module):
 
     Args:
         learning_rate: > 0.
-        name: the module's name; `embedding_<kind>` by default.
+        name: The module's name; `embedding_<kind>` by default.
 
     Raises:
         ValueError: `learning_rate` is not > 0.
@@ -58,7 +63,7 @@ class RowSparseOptimizer(tf.Module):
     slot_names: ClassVar[tuple[str, ...]] = ()
     initial_values: ClassVar[dict[str, float]] = {}  # each slot's starting value
 
-    def __init__(self, learning_rate: float, name: str | None = None):
+    def __init__(self, learning_rate: float, name: str | None = None) -> None:
         if not learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
         super().__init__(name=name or f"embedding_{self.kind}")
@@ -83,10 +88,10 @@ class RowSparseOptimizer(tf.Module):
         collective under MultiWorkerMirroredStrategy.
 
         Args:
-            tables: built layers, each with a name no other table here has.
+            tables: Built layers, each with a name no other table here has.
 
         Raises:
-            ValueError: a layer is not built, or another table already has its name.
+            ValueError: A layer is not built, or another table already has its name.
         """
         for layer in tables:
             known = self._registry.layers.get(layer.name)
@@ -162,7 +167,8 @@ class RowSparseOptimizer(tf.Module):
                 indices: tf.Tensor, state: tf.Tensor | None) -> None:
         raise NotImplementedError
 
-    def _new_variable(self, initial_value, dtype: tf.DType, name: str) -> tf.Variable:
+    def _new_variable(self, initial_value: Callable[[], tf.Tensor], dtype: tf.DType, name: str
+                      ) -> tf.Variable:
         variable = tf.Variable(initial_value, trainable=False, dtype=dtype, name=name)
         self._registry.variables.append(variable)
         return variable
@@ -196,8 +202,10 @@ def _as_rows(grad: tf.IndexedSlices | tf.Tensor, var: tf.Variable) -> tf.Indexed
 
 
 def _summed_rows(grad: tf.IndexedSlices) -> tuple[tf.Tensor, tf.Tensor]:
-    """`(values, indices)` with each index once, its values summed: a scatter of duplicate
-    indices would keep only one of them."""
+    """`(values, indices)` with each index once, its values summed.
+
+    A scatter of duplicate indices would keep only one of them.
+    """
     unique, positions = tf.unique(grad.indices)
     return tf.math.unsorted_segment_sum(grad.values, positions, tf.size(unique)), unique
 
@@ -210,7 +218,8 @@ class RowSparseAdagrad(RowSparseOptimizer):
     initial_values = {"accumulator": 0.1}
     epsilon = 1e-7
 
-    def _update(self, variable, slots, grad, indices, state):
+    def _update(self, variable: tf.Variable, slots: dict[str, tf.Variable], grad: tf.Tensor,
+                indices: tf.Tensor, state: tf.Tensor | None) -> None:
         accumulator = slots["accumulator"]
         acc = accumulator.sparse_read(indices) + tf.square(grad)
         accumulator.scatter_update(tf.IndexedSlices(acc, indices))
@@ -219,8 +228,10 @@ class RowSparseAdagrad(RowSparseOptimizer):
 
 
 class RowSparseFtrl(RowSparseOptimizer):
-    """FTRL-proximal as TF's `ResourceSparseApplyFtrl` with tf-keras' legacy defaults
-    (learning_rate_power -0.5, accumulators starting at 0.1, no L1, L2, shrinkage or beta):
+    """FTRL-proximal as TF's `ResourceSparseApplyFtrl` with tf-keras' legacy defaults.
+
+    The defaults: learning_rate_power -0.5, accumulators starting at 0.1, no L1, L2, shrinkage
+    or beta. The update:
 
     `n' = n + g^2; z += g - (sqrt(n') - sqrt(n)) / lr * w; w = -z lr / sqrt(n')`.
     """
@@ -229,7 +240,8 @@ class RowSparseFtrl(RowSparseOptimizer):
     slot_names = ("accumulator", "linear")
     initial_values = {"accumulator": 0.1, "linear": 0.0}
 
-    def _update(self, variable, slots, grad, indices, state):
+    def _update(self, variable: tf.Variable, slots: dict[str, tf.Variable], grad: tf.Tensor,
+                indices: tf.Tensor, state: tf.Tensor | None) -> None:
         accumulator, linear = slots["accumulator"], slots["linear"]
         old = accumulator.sparse_read(indices)
         new = old + tf.square(grad)
@@ -247,12 +259,13 @@ class RowSparseSGD(RowSparseOptimizer):
 
     kind = "sgd"
 
-    def _update(self, variable, slots, grad, indices, state):
+    def _update(self, variable: tf.Variable, slots: dict[str, tf.Variable], grad: tf.Tensor,
+                indices: tf.Tensor, state: tf.Tensor | None) -> None:
         variable.scatter_sub(tf.IndexedSlices(self.learning_rate * grad, indices))
 
 
 class LazyAdam(RowSparseOptimizer):
-    """Adam on the received rows only:
+    """Adam on the received rows only.
 
     `m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; w -= lr sqrt(1-b2^t)/(1-b1^t) m/(sqrt(v)+eps)`
 
@@ -275,7 +288,8 @@ class LazyAdam(RowSparseOptimizer):
     def _after_step(self) -> None:
         local_copy(self.step).assign_add(1)
 
-    def _update(self, variable, slots, grad, indices, state):
+    def _update(self, variable: tf.Variable, slots: dict[str, tf.Variable], grad: tf.Tensor,
+                indices: tf.Tensor, state: tf.Tensor | None) -> None:
         m_slot, v_slot = slots["m"], slots["v"]
         # 1 - b in the variable's dtype, as Keras computes it (1 - 0.999 differs in float32).
         b1, b2 = tf.constant(self.beta_1, grad.dtype), tf.constant(self.beta_2, grad.dtype)
@@ -296,14 +310,14 @@ def make_row_sparse_optimizer(name: str, learning_rate: float) -> RowSparseOptim
     """A row-sparse optimizer for embedding shards.
 
     Args:
-        name: one of `EMBEDDING_OPTIMIZERS`.
+        name: One of `EMBEDDING_OPTIMIZERS`.
         learning_rate: > 0.
 
     Returns:
         The optimizer, without slots until `build(tables)`.
 
     Raises:
-        ValueError: an unknown name or a learning rate that is not > 0.
+        ValueError: An unknown name or a learning rate that is not > 0.
     """
     if name not in _KINDS:
         raise ValueError(f"unknown embedding optimizer {name!r}; choose one of "

@@ -59,15 +59,15 @@ def restore_checkpoint(
     under MultiWorkerMirroredStrategy every worker calls it and reads the file.
 
     Args:
-        checkpoint: the live `tf.train.Checkpoint` (network, optimizer, ...).
-        path: a checkpoint prefix, e.g. from `tf.train.latest_checkpoint`.
-        allow_repartition: if False, a different P raises instead.
+        checkpoint: The live `tf.train.Checkpoint` (network, optimizer, ...).
+        path: A checkpoint prefix, e.g. from `tf.train.latest_checkpoint`.
+        allow_repartition: If False, a different P raises instead.
 
     Returns:
         The tables that were re-partitioned (empty when every P matched).
 
     Raises:
-        PartitionMismatchError: a table (or slot) was saved with other rows or width, is
+        PartitionMismatchError: A table (or slot) was saved with other rows or width, is
             missing or incomplete, a slot belongs to another optimizer, P differs and
             `allow_repartition` is False, or a live variable has no value in the checkpoint.
     """
@@ -131,7 +131,7 @@ def restore_checkpoint(
     return done
 
 
-def _value_key(node) -> str:
+def _value_key(node: _Graph.TrackableObject) -> str:
     return next(a.checkpoint_key for a in node.attributes if a.name == "VARIABLE_VALUE")
 
 
@@ -140,7 +140,7 @@ def _child(graph: _Graph, node_id: int, name: str) -> int | None:
                  if ref.local_name == name), None)
 
 
-def _match_live_objects(graph: _Graph, root) -> dict[int, object]:
+def _match_live_objects(graph: _Graph, root: tf.train.Checkpoint) -> dict[int, object]:
     """Node id in the checkpoint's object graph -> the live object at the same path."""
     live = {0: root}
     queue = [0]
@@ -210,9 +210,16 @@ def _assign_rows(variables: Sequence[tf.Variable], old_parts: Sequence[np.ndarra
         variable.assign(value)
 
 
-def _assert_all_matched(graph: _Graph, root, new: Sequence[tf.Variable]) -> None:
-    """`assert_existing_objects_matched` for a restore that bypassed the re-partitioned shards
-    and slots (`new`): every other variable of the live objects has a value in the checkpoint."""
+def _assert_all_matched(graph: _Graph, root: tf.train.Checkpoint,
+                        new: Sequence[tf.Variable]) -> None:
+    """`assert_existing_objects_matched` for a restore that bypassed the re-partitioned variables.
+
+    Every variable of the live objects but the re-partitioned shards and slots (`new`) must have
+    a value in the checkpoint.
+
+    Raises:
+        PartitionMismatchError: Some other variable has no value in the checkpoint.
+    """
     matched = {id(obj) for obj in _match_live_objects(graph, root).values()}
     skipped = {id(v) for v in new}
     if isinstance(root, tf.train.Checkpoint):  # `Checkpoint.write` leaves the counter out
