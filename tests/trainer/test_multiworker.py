@@ -122,20 +122,23 @@ def _train_one_worker(config_path: Path, date: str, out: Path) -> tuple[dict, st
 
 
 def _crash_day1(small_project, folder: Path) -> Path:
-    """Day 1 on two workers with a backup every 3 steps; worker 1 dies after step 5."""
+    """Day 1 on two workers with a backup every 3 steps; the chief dies after step 5, leaving
+    its lease on model_dir behind (os._exit: no cleanup)."""
     broken = config_in(small_project, folder, train={"backup_every_steps": 3})
     ports = free_ports(2)
     (folder / "crash").mkdir()
     procs = [
         subprocess.Popen(
             [sys.executable, WORKER, str(broken), DAYS[0], str(folder / "crash")],
-            env={**cluster_env(2, i, ports), "PYTHONPATH": REPO, "CRASH_WORKER_1_AFTER": "5"},
+            env={**cluster_env(2, i, ports), "PYTHONPATH": REPO, "CRASH_WORKER_AFTER": "0:5"},
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         for i in range(2)
     ]
     codes = [p.wait(timeout=300) for p in procs]  # the survivor fails by itself, no hang
-    assert codes[1] == 3 and codes[0] != 0
+    assert codes[0] == 3 and codes[1] != 0
+    lease = json.loads((folder / "model" / "lease.json").read_text())
+    assert lease["pid"] == procs[0].pid  # the dead chief's
     backups = [b.name for b in (folder / "model" / "backup").iterdir()]
     assert backups == [f"dt={DAYS[0]}-from-0-workers-2"]
     assert not (folder / "model" / "state.json").exists()
@@ -153,6 +156,7 @@ def test_killed_worker_then_relaunch_matches_the_uninterrupted_run(two_days, sma
     for a, b in zip(_weights(relaunched[0]), _weights(steady), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert not os.listdir(tmp_path / "model" / "backup")  # removed once the day is complete
+    assert not (tmp_path / "model" / "lease.json").exists()  # taken back (dead pid), released
 
 
 def test_next_day_on_one_worker_with_two_shards_continues_from_the_two_worker_checkpoint(

@@ -47,3 +47,43 @@ def test_verify_then_a_flipped_byte_is_named_by_verify_and_refused_by_train(smal
                            "checksum differs: crc32c ")
     assert not (tmp_path / "model" / "state.json").exists()
     assert not (tmp_path / "model" / "lease.json").exists()  # released on the refusal
+
+
+def _one_line_refusal(config, *args) -> str:
+    result = CliRunner().invoke(main, [*args, "--config", str(config), "--date", DAYS[0]])
+    assert result.exit_code == 1, result.output
+    (line,) = result.output.strip().splitlines()
+    return line
+
+
+def test_expected_faults_are_one_line_with_exit_code_1(small_project, tmp_path):
+    config, day = _copy_of_day(small_project, tmp_path)
+    manifest_path = day / "_MANIFEST.json"
+    manifest = json.loads(manifest_path.read_text())
+
+    manifest_path.write_text("{not json")  # an invalid manifest
+    line = _one_line_refusal(config, "train")
+    assert line.startswith(f"Error: {manifest_path}: not valid JSON")
+    manifest_path.write_text(json.dumps({k: v for k, v in manifest.items() if k != "rows"}))
+    assert _one_line_refusal(config, "verify").startswith(f"Error: {manifest_path}: ")
+    manifest_path.write_text(json.dumps(manifest))
+
+    first = day / manifest["files"][0]
+    kept = first.read_bytes()
+    first.unlink()  # a manifest that names a missing file
+    line = _one_line_refusal(config, "train")
+    assert line.startswith(f"Error: the partition for {DAYS[0]} is corrupt: {first}: missing")
+    first.write_bytes(kept)
+
+    model = tmp_path / "model"
+    model.mkdir(exist_ok=True)  # the refused trainings above held (and released) its lease
+    (model / "state.json").write_text("{half")  # an invalid state.json
+    line = _one_line_refusal(config, "evaluate")
+    assert line.startswith(f"Error: {model}/state.json: not a valid multitower state file")
+
+    (model / "state.json").unlink()
+    model.rmdir()
+    model.write_text("a file where model_dir should be")  # model_dir cannot be written
+    line = _one_line_refusal(config, "train")
+    assert line == (f"Error: model_dir {model}: cannot write the lease {model}/lease.json: File "
+                    "exists; is the location writable?")

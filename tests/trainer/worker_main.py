@@ -5,7 +5,7 @@ Writes OUT_DIR/worker-<index>.npz with the model's weights, each embedding table
 (`table/<layer>`) with its embedding optimizer slots (`slot/<layer>/<slot>`), and the global
 step, and, given raw rows,
 the trained in-memory model's predictions on them (to compare with the exported SavedModel).
-With CRASH_WORKER_1_AFTER=k in the environment, worker 1 dies (os._exit) after its k-th step of
+With CRASH_WORKER_AFTER=i:k in the environment, worker i dies (os._exit) after its k-th step of
 the day, as a killed pod would.
 """
 
@@ -28,14 +28,15 @@ from trainer.strategy import make_strategy
 from trainer.train import train_day
 
 
-class CrashWorker1(keras.callbacks.Callback):
-    def __init__(self, after: int):
+class CrashWorker(keras.callbacks.Callback):
+    def __init__(self, worker: int, after: int):
         super().__init__()
+        self.worker = worker
         self.after = after
 
     def on_train_batch_end(self, batch, logs=None):
-        if task_info().task_id == 1 and batch + 1 == self.after:
-            os._exit(3)
+        if task_info().task_id == self.worker and batch + 1 == self.after:
+            os._exit(3)  # no cleanup at all, as a killed process
 
 
 def main() -> None:
@@ -44,8 +45,8 @@ def main() -> None:
     config_path, date, out_dir = sys.argv[1:4]
     strategy = make_strategy()
     config = load_config(config_path)
-    crash = os.environ.get("CRASH_WORKER_1_AFTER")
-    callbacks = [CrashWorker1(int(crash))] if crash else []
+    crash = os.environ.get("CRASH_WORKER_AFTER")  # "<worker index>:<steps>"
+    callbacks = [CrashWorker(*map(int, crash.split(":")))] if crash else []
     result = train_day(config, date, strategy, callbacks=callbacks)
     network = result.model.network
     arrays = {f"w{i}": w for i, w in enumerate(network.get_weights())}
