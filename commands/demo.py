@@ -21,6 +21,11 @@ import numpy as np
 
 from multitower.config import Config, load_config
 from multitower.errors import InputMissingError
+from pipeline.generate import generate_logs
+from pipeline.preprocess import run_preprocess
+from pipeline.validate import validate_row
+from serving.predict import Predictor, read_rows
+from trainer.metrics import auc, rmse
 
 log = logging.getLogger("multitower.demo")
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "impressions.yaml"
@@ -34,10 +39,6 @@ def _days(n: int) -> list[str]:
 
 def _score_day(config: Config, date: str) -> dict[str, float]:
     """Scores a day's raw logs with the newest export, as a client would; returns metrics."""
-    from pipeline.validate import validate_row
-    from serving.predict import Predictor, read_rows
-    from trainer.metrics import auc, rmse
-
     predictor = Predictor(os.path.join(config.train.export_dir, config.model.name))
     rows = []
     for path in sorted(glob.glob(os.path.join(config.data.logs_for(date), "*.jsonl*"))):
@@ -64,9 +65,6 @@ def _score_day(config: Config, date: str) -> dict[str, float]:
 
 def run_demo(workdir: str, rows_per_day: int = 60_000, workers: int = 2, seed: int = 0) -> dict:
     """Runs the whole flow under `workdir` and prints a summary; returns the day-3 metrics."""
-    from pipeline.generate import generate_logs
-    from pipeline.preprocess import run_preprocess
-
     if not EXAMPLE.exists():
         raise InputMissingError(f"the example config {EXAMPLE} is missing; run from a clone")
     root = Path(workdir).resolve()
