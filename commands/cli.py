@@ -1,4 +1,4 @@
-"""The `multitower` command: generate, preprocess, train, predict, demo.
+"""The `multitower` command: generate, preprocess, train, predict, serving-config, demo.
 
 The top layer: nothing imports this module. A command imports the stage modules it runs inside
 its own function, so that each command loads only what it needs (a trainer worker does not load
@@ -265,6 +265,30 @@ def predict(model_base: str, input_path: str, output: str | None, skip_invalid: 
         summary += (f"; skipped {outcome.invalid} invalid row{'s' * (outcome.invalid != 1)}, "
                     f"written with their reasons to {rejected_path or 'stderr'}")
     click.echo(summary, err=True)
+
+
+@main.command("serving-config")
+@config_option
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder for models.config, batching_parameters.txt and monitoring.config "
+                   "(local, s3:// or gs://).")
+@_friendly_errors
+def serving_config(config_path: str, out_dir: str) -> None:
+    """Write TF Serving's config files for the exported versions, and print its command line.
+
+    Labels are resolved against the versions exported now: run it again after each export.
+    The summary goes to stderr, the `tensorflow_model_server` command line to stdout.
+    """
+    from serving.tfs_config import build_serving_files, summary, write_serving_files
+
+    config = load_config(config_path)
+    enable_filesystems([out_dir])
+    result = build_serving_files(config, out_dir)
+    written = write_serving_files(result, out_dir)
+    click.echo(f"wrote {', '.join(written)}", err=True)
+    for line in summary(result, config.serving):
+        click.echo(line, err=True)
+    click.echo(result.command_line())
 
 
 @main.command()

@@ -216,3 +216,75 @@ def test_label_bounds_on_regression_tasks(raw, tmp_path):
     raw["data"]["tasks"][0]["min"] = 0  # click is binary
     assert "data.tasks[0]: Value error, task 'click': min and max apply to regression tasks " \
            "only" in _error(raw, tmp_path)
+
+
+def test_serving_section_is_optional_with_tf_serving_defaults():
+    serving = load_config(EXAMPLE).serving  # the example has no serving section
+    assert serving.model_name == "impressions"  # model.name
+    assert serving.version_policy.describe() == "latest: 1"  # TF Serving's own default
+    assert (serving.grpc_port, serving.rest_port) == (8500, 8501)
+    assert serving.labels == {} and serving.warmup_size == 64
+    assert serving.batching.enabled and serving.batching.max_batch_size == 1024
+    assert serving.batching.queue_batches == serving.batching.num_batch_threads == 4
+    assert serving.monitoring.prometheus
+    assert serving.monitoring.path == "/monitoring/prometheus/metrics"
+
+
+def test_serving_version_policies_and_labels(raw):
+    policies = {"all": "all", "{}": {}, "latest": {"latest": 3}, "specific": {"specific": [2, 5]}}
+    described = {name: parse_config({**raw, "serving": {"version_policy": value}})
+                 .serving.version_policy.describe() for name, value in policies.items()}
+    assert described == {"all": "all", "{}": "latest: 1", "latest": "latest: 3",
+                         "specific": "specific: [2, 5]"}
+    serving = parse_config({**raw, "serving": {
+        "model_name": "ranker", "version_policy": {"latest": 2},
+        "labels": {"canary": "latest", "stable": "previous", "pinned": 4}}}).serving
+    assert serving.model_name == "ranker"
+    assert serving.labels == {"canary": "latest", "stable": "previous", "pinned": 4}
+
+
+def test_serving_errors_name_the_key(raw, tmp_path):
+    cases = [
+        ({"version_policy": {"latest": 0}}, "serving.version_policy.latest: Input should be "
+                                            "greater than 0"),
+        ({"version_policy": {"latest": 2, "all": True}}, "serving.version_policy: Value error, "
+                                                         "give exactly one of"),
+        ({"version_policy": "newest"}, "serving.version_policy: Value error, expected "
+                                       "{latest: N}, all or {specific: [...]}, got 'newest'"),
+        ({"version_policy": {"specific": [3, 1]}}, "serving.version_policy.specific: Value "
+                                                   "error, must list at least one version, "
+                                                   "ascending"),
+        ({"labels": {"stable": "oldest"}}, "serving.labels.stable: Value error, expected "
+                                           "'latest', 'previous' or a version number"),
+        ({"labels": {"stable": True}}, "serving.labels.stable: Value error"),
+        ({"labels": {"stable": "previous"}}, "serving.labels: Value error, label 'stable' is "
+                                             "'previous', but version_policy latest: 1 serves "
+                                             "only the newest version"),
+        ({"version_policy": {"specific": [2, 3]}, "labels": {"stable": 1}},
+         "serving.labels: Value error, label 'stable' names version 1, which version_policy "
+         "specific: [2, 3] does not serve"),
+        ({"batching": {"allowed_batch_sizes": [64, 32, 1024]}},
+         "serving.batching.allowed_batch_sizes: Value error, must be strictly ascending"),
+        ({"batching": {"max_batch_size": 256, "allowed_batch_sizes": [64, 128]}},
+         "serving.batching.allowed_batch_sizes: Value error, the last size must equal "
+         "max_batch_size (256)"),
+        ({"grpc_port": 9000, "rest_port": 9000}, "serving.rest_port: Value error, must differ "
+                                                 "from grpc_port"),
+        ({"rest_port": 70000}, "serving.rest_port: Input should be less than or equal to 65535"),
+        ({"monitoring": {"path": "metrics"}}, "serving.monitoring.path: String should match"),
+        ({"batching": {"max_batch": 8}}, "serving.batching.max_batch: unknown key"),
+        ({"model_name": "a/b"}, "serving.model_name: String should match"),
+    ]
+    for serving, message in cases:
+        assert f"bad.yaml: {message}" in _error({**raw, "serving": serving}, tmp_path), serving
+
+
+def test_resolved_config_with_a_serving_section_round_trips(raw, tmp_path):
+    raw["serving"] = {"version_policy": "all", "labels": {"canary": "latest", "stable": 2},
+                      "batching": {"max_batch_size": 256, "allowed_batch_sizes": [64, 256]}}
+    source = tmp_path / "serving.yaml"
+    source.write_text(yaml.safe_dump(raw))
+    config = load_config(source)
+    path = tmp_path / "resolved.yaml"
+    path.write_text(config.to_yaml())
+    assert load_config(path) == config.model_copy(update={"source": str(path)})

@@ -1,10 +1,11 @@
 """The one configuration file: data, model and training settings, loaded strictly from YAML.
 
-One module per section (`data`, `model`, `train`), the whole file in `project`, loading in
-`load`. Every stage reads its own part of the same `Config`. Loading validates once: an unknown
-key, a wrong type or a missing field raises `ConfigError` whose message names the file and the
-key (`examples/impressions.yaml: model.mmoe.num_experts: ...`). Relative paths in the file are
-resolved against the file's own directory, so a config and its data can move together.
+One module per section (`data`, `model`, `train`, `serving`), the whole file in `project`,
+loading in `load`. Every stage reads its own part of the same `Config`. Loading validates once:
+an unknown key, a wrong type or a missing field raises `ConfigError` whose message names the
+file and the key (`examples/impressions.yaml: model.mmoe.num_experts: ...`). Relative paths in
+the file are resolved against the file's own directory, so a config and its data can move
+together.
 """
 
 from multitower.config.data import (
@@ -27,11 +28,18 @@ from multitower.config.model import (
     TableConfig,
 )
 from multitower.config.project import Config
+from multitower.config.serving import (
+    BatchingConfig,
+    MonitoringConfig,
+    ServingConfig,
+    VersionPolicy,
+)
 from multitower.config.train import DWAConfig, GradNormConfig, TrainConfig
 
 __all__ = [
-    "PLACEMENTS", "CGCConfig", "CategoricalFeature", "Config", "ConfigError", "DWAConfig",
-    "DataConfig", "ESMMConfig", "EmbeddingsConfig", "ExpertsConfig", "Feature",
-    "GradNormConfig", "MLPConfig", "ModelConfig", "NumericFeature", "PLEConfig", "TableConfig",
-    "Task", "TrainConfig", "load_config", "parse_config",
+    "PLACEMENTS", "BatchingConfig", "CGCConfig", "CategoricalFeature", "Config", "ConfigError",
+    "DWAConfig", "DataConfig", "ESMMConfig", "EmbeddingsConfig", "ExpertsConfig", "Feature",
+    "GradNormConfig", "MLPConfig", "ModelConfig", "MonitoringConfig", "NumericFeature",
+    "PLEConfig", "ServingConfig", "TableConfig", "Task", "TrainConfig", "VersionPolicy",
+    "load_config", "parse_config",
 ]

@@ -2,22 +2,38 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import yaml
 from pydantic import Field, model_validator
 
 from multitower.config.data import DataConfig
 from multitower.config.fields import Strict
 from multitower.config.model import ModelConfig
+from multitower.config.serving import ServingConfig
 from multitower.config.train import TrainConfig
 
 
 class Config(Strict):
-    """The whole file: `data`, `model` and `train` (`source`: the file it was loaded from)."""
+    """The whole file: `data`, `model`, `train`, optional `serving` (`source`: where from)."""
 
     data: DataConfig
     model: ModelConfig
     train: TrainConfig
+    serving: ServingConfig = ServingConfig()
     source: str | None = Field(default=None, exclude=True)  # the file it was loaded from
+
+    @model_validator(mode="before")
+    @classmethod
+    def _serving_name_defaults_to_model_name(cls, data: Any) -> Any:
+        """`serving.model_name` defaults to `model.name` (the export folder's name)."""
+        if not isinstance(data, dict):
+            return data
+        model, serving = data.get("model"), data.get("serving", {})
+        if (isinstance(model, dict) and isinstance(model.get("name"), str)
+                and isinstance(serving, dict) and serving.get("model_name") is None):
+            return {**data, "serving": {**serving, "model_name": model["name"]}}
+        return data
 
     @model_validator(mode="after")
     def _model_fits_data(self) -> Config:
