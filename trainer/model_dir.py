@@ -4,6 +4,8 @@
     <model_dir>/state.json                                trained days, frozen constants, layout
     <model_dir>/config.yaml                               the resolved config of the last day
     <model_dir>/checkpoints/ckpt-<global step>            one per trained day (the last 30)
+    <model_dir>/checkpoints/checkpoint                    the list of those (CheckpointManager)
+    <model_dir>/checkpoints/rejected-ckpt-<global step>   a day whose export was rejected
     <model_dir>/backup/dt=D-from-S-workers-N/             mid-day backups of day D
     <model_dir>/metrics_history.jsonl                     progressive validation, drift
     <model_dir>/tensorboard/, tensorboard/progressive/    training and progressive scalars
@@ -52,6 +54,18 @@ class ModelDir:
     def checkpoint(self, global_step: int) -> str:
         """The prefix of the checkpoint saved at `global_step` (`.index` and data files)."""
         return self._path("checkpoints", f"ckpt-{int(global_step)}")
+
+    @property
+    def checkpoint_list(self) -> str:
+        """The `CheckpointManager`'s list of kept checkpoints (`tf.train.latest_checkpoint`)."""
+        return self._path("checkpoints", "checkpoint")
+
+    def rejected_checkpoint(self, global_step: int) -> str:
+        """The prefix a day's checkpoint is renamed to when its export is rejected.
+
+        The day stays untrained; a next rejection at the same step overwrites it.
+        """
+        return self._path("checkpoints", f"rejected-ckpt-{int(global_step)}")
 
     def backup(self, date: str, start_step: int, num_workers: int) -> str:
         """The backups of day `date` started from `start_step` by `num_workers` workers."""

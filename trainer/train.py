@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from dataclasses import dataclass
 
@@ -26,7 +27,7 @@ from trainer.collectives import CollectiveSaver, create_save_counter, read_weigh
 from trainer.data import make_dataset
 from trainer.embeddings import restore_checkpoint
 from trainer.evaluate import evaluate_model, restore_network
-from trainer.export import export_saved_model
+from trainer.export import ExportRejectedError, export_saved_model
 from trainer.history import append_history, numeric_drift
 from trainer.incremental import StartPoint, TrainingError, plan_day
 from trainer.memory import check_memory
@@ -256,17 +257,28 @@ def _fit(config: Config, day: DayPlan, model: TrainingModel, checkpoint: tf.trai
 def _publish(config: Config, day: DayPlan, model: TrainingModel,
              checkpoint: tf.train.Checkpoint, global_step: int, metrics: dict[str, float]
              ) -> tuple[int | None, str | None]:
-    """The day's checkpoint (every worker), then the chief's export, state and config."""
+    """The day's checkpoint (every worker), then the chief's export, state and config.
+
+    An export that fails its checks (`trainer.export.validate_export`) is not published and
+    the day stays untrained: the chief sets the day's checkpoint aside (`_reject_day`) and
+    raises, after every collective of the day is done.
+
+    Raises:
+        ExportRejectedError: On the chief, the export was rejected; the message says why.
+    """
     model_dir = ModelDir(config.train.model_dir)
     saver = CollectiveSaver(checkpoint, model_dir.checkpoints, day.info.is_chief,
                             max_to_keep=CHECKPOINTS_KEPT)
     saver.save(global_step)
     saver.close()
-    weights = read_weights(model.network)
+    weights = read_weights(model.network)  # the day's last collective
     if not day.info.is_chief:
         return None, None
     version = _next_version(config, day.state)
-    export_path = _export(config, day.normalization, weights, version)
+    try:
+        export_path = _export(config, day, weights, version)
+    except ExportRejectedError as err:
+        raise _reject_day(config, day, global_step, err) from None
     state = day.state or TrainState(config.model.name, config.data.schema_fingerprint(),
                                     day.normalization)
     state.days.append(TrainedDay(day.date, global_step, day.steps, day.rows, version, metrics))
@@ -283,12 +295,66 @@ def _next_version(config: Config, state: TrainState | None) -> int:
     return max([known, *versions(model_base(config.train.export_dir, config.model.name))]) + 1
 
 
-def _export(config: Config, normalization: Normalization, weights: list[np.ndarray],
-            version: int) -> str:
-    """Exports a copy of the network built outside the strategy.
+def _export(config: Config, day: DayPlan, weights: list[np.ndarray], version: int) -> str:
+    """Exports a copy of the network built outside the strategy, with the day's warmup rows.
 
     Exporting the distributed network would need every worker.
     """
-    copy = build_network(config, normalization)
+    copy = build_network(config, day.normalization)
     copy.set_weights(weights)
-    return export_saved_model(copy, config, version)
+    return export_saved_model(copy, config, version, _warmup_examples(config, day))
+
+
+def _warmup_examples(config: Config, day: DayPlan) -> list[bytes]:
+    """The first `serving.warmup_size` serialized Examples of the day, in file order."""
+    records = tf.data.TFRecordDataset(sorted(day.files), compression_type="GZIP")
+    return [r.numpy() for r in records.take(config.serving.warmup_size)]
+
+
+def _reject_day(config: Config, day: DayPlan, global_step: int, err: ExportRejectedError
+                ) -> ExportRejectedError:
+    """Leaves the day untrained after its export was rejected; returns the error to raise.
+
+    The day's checkpoint is renamed aside (`ModelDir.rejected_checkpoint`) and dropped from the
+    checkpoint manager's list, its mid-day backups are removed and `state.json` is left as it
+    was: running the same command again trains the day again from the previous day's checkpoint.
+    """
+    model_dir = ModelDir(config.train.model_dir)
+    aside = _set_checkpoint_aside(model_dir, global_step)
+    remove_backups(config.train.model_dir, day.date)
+    start = day.start.checkpoint or "a new model"
+    log.error("day %s: export rejected; checkpoint set aside as %s", day.date, aside)
+    return ExportRejectedError(
+        f"{err}. Day {day.date} stays untrained: its checkpoint is kept aside as {aside} and "
+        f"{model_dir.state} is unchanged; run the same command again to train the day again "
+        f"from {start}")
+
+
+def _set_checkpoint_aside(model_dir: ModelDir, global_step: int) -> str:
+    """Renames `ckpt-<step>.*` to `rejected-ckpt-<step>.*` and drops it from the manager's list.
+
+    `tf.train.latest_checkpoint` and the next day's `CheckpointManager` then see the checkpoints
+    before it only. Returns the new prefix.
+    """
+    prefix, aside = model_dir.checkpoint(global_step), model_dir.rejected_checkpoint(global_step)
+    for path in tf.io.gfile.glob(prefix + ".*"):
+        tf.io.gfile.rename(path, aside + path[len(prefix):], overwrite=True)
+    listed = tf.train.get_checkpoint_state(model_dir.checkpoints)
+    if listed is None:
+        return aside
+    paths = list(listed.all_model_checkpoint_paths)
+    stamps = list(listed.all_model_checkpoint_timestamps)
+    timed = len(stamps) == len(paths)
+    # Relative names, as CheckpointManager writes them (an absolute s3:// path would be joined
+    # onto the folder again when read).
+    kept = [(os.path.basename(p), t) for p, t in
+            zip(paths, stamps if timed else [0.0] * len(paths), strict=True)
+            if os.path.basename(p) != os.path.basename(prefix)]
+    if not kept:
+        tf.io.gfile.remove(model_dir.checkpoint_list)
+        return aside
+    tf.compat.v1.train.update_checkpoint_state(
+        model_dir.checkpoints, kept[-1][0], [p for p, _ in kept],
+        all_model_checkpoint_timestamps=[t for _, t in kept] if timed else None,
+        last_preserved_timestamp=listed.last_preserved_timestamp)
+    return aside
