@@ -1,4 +1,4 @@
-"""The `multitower` command: generate, preprocess, train, predict, serving-config, demo.
+"""The `multitower` command: generate, preprocess, train, export, predict, serving-config, demo.
 
 The top layer: nothing imports this module. A command imports the stage modules it runs inside
 its own function, so that each command loads only what it needs (a trainer worker does not load
@@ -214,6 +214,28 @@ def evaluate(config_path: str, date: str, output: str | None) -> None:
     from trainer.evaluate import evaluate_day, format_report
 
     click.echo(format_report(evaluate_day(load_config(config_path), date, output)))
+
+
+@main.command("export")
+@config_option
+@click.option("--checkpoint", type=str, default=None,
+              help="The checkpoint prefix to export (<model_dir>/checkpoints/ckpt-<step>); "
+                   "default: the latest.")
+@click.option("--date", callback=lambda c, p, v: v and _check_date(c, p, v),
+              help="The preprocessed day whose first rows make the warmup file, YYYY-MM-DD; "
+                   "default: the last trained day.")
+@_friendly_errors
+def export(config_path: str, checkpoint: str | None, date: str | None) -> None:
+    """Export a checkpoint again as the next version, e.g. after changing serving.ranking_score.
+
+    The version is checked like a training export and recorded in state.json; nothing is
+    trained.
+    """
+    from trainer.reexport import reexport
+
+    result = reexport(load_config(config_path), checkpoint, date)
+    click.echo(f"exported {result.export_path} (version {result.version}) from "
+               f"{result.checkpoint}, warmup rows of {result.date}")
 
 
 @main.command()

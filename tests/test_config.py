@@ -288,3 +288,16 @@ def test_resolved_config_with_a_serving_section_round_trips(raw, tmp_path):
     path = tmp_path / "resolved.yaml"
     path.write_text(config.to_yaml())
     assert load_config(path) == config.model_copy(update={"source": str(path)})
+
+
+def test_a_ranking_score_round_trips_through_the_resolved_config(raw, tmp_path):
+    raw["serving"] = {"ranking_score": {"combine": "product", "terms": [
+        {"output": "click"}, {"output": "watch_time", "weight": 0.2, "offset": 1}]}}
+    config = parse_config(raw, "ranking.yaml")
+    terms = config.serving.ranking_score.terms
+    assert [(t.output, t.weight, t.offset) for t in terms] == [
+        ("click", 1.0, 0.0), ("watch_time", 0.2, 1.0)]
+    path = tmp_path / "resolved.yaml"
+    path.write_text(config.to_yaml())
+    assert load_config(path).serving == config.serving
+    assert parse_config({**raw, "serving": {}}).serving.ranking_score is None  # optional

@@ -2,7 +2,9 @@
 
 Two signatures, with the same outputs `{task name: (batch,)}` float32: a probability for binary
 tasks, a regression task's value in the label's own unit (a `log1p` label transform is inverted
-here), and with ESMM also the pCTCVR output. Gate weights are diagnostics and stay out of both.
+here), with ESMM also the pCTCVR output, and with `serving.ranking_score` also `ranking_score`,
+the configured product or sum of those outputs (`ranking_score`). Gate weights are diagnostics
+and stay out of both.
 
 - `serving_default`: the raw features by their log names and dtypes, each of shape `(batch,)`.
 - `predict_examples` (`EXAMPLES_SIGNATURE`): `examples`, a `(batch,)` string tensor of
@@ -30,6 +32,7 @@ from google.protobuf.message import DecodeError
 from tensorflow_serving.apis.predict_pb2 import PredictRequest
 
 from multitower.config import Config
+from multitower.config.serving import RANKING_FLOOR, RANKING_SCORE
 from multitower.errors import MultitowerError
 from multitower.exports import model_base, version_dir
 from multitower.records import feature_dtype, parse_spec
@@ -65,6 +68,36 @@ def served_outputs(config: Config) -> dict[str, str]:
     return served
 
 
+def export_outputs(config: Config) -> list[str]:
+    """Every output of both signatures: `served_outputs`, then `ranking_score` if configured."""
+    names = list(served_outputs(config))
+    if config.serving.ranking_score is not None:
+        names.append(RANKING_SCORE)
+    return names
+
+
+def ranking_score(config: Config, served: dict[str, tf.Tensor]) -> tf.Tensor:
+    """`serving.ranking_score` over the served outputs `{name: (batch,)}`, float32 `(batch,)`.
+
+    `product`: prod_i max(offset_i + y_i, RANKING_FLOOR) ** weight_i (the floor keeps a
+    probability that underflows to 0, or a prediction below its task's `min`, finite);
+    `sum`: sum_i weight_i * (offset_i + y_i).
+    """
+    ranking = config.serving.ranking_score
+    if ranking is None:
+        raise ValueError("the config has no serving.ranking_score")
+    score = None
+    for term in ranking.terms:
+        base = tf.cast(served[term.output], tf.float32) + term.offset
+        if ranking.combine == "product":
+            part = tf.pow(tf.maximum(base, RANKING_FLOOR), term.weight)
+            score = part if score is None else score * part
+        else:
+            part = term.weight * base
+            score = part if score is None else score + part
+    return tf.identity(score, name=RANKING_SCORE)
+
+
 def probability_outputs(config: Config) -> list[str]:
     """The outputs that are probabilities: binary tasks, and ESMM's pCTCVR."""
     names = [t.name for t in config.data.tasks if t.type == "binary"]
@@ -81,8 +114,11 @@ def input_dtypes(config: Config) -> dict[str, tf.DType]:
 def _outputs(model: keras.Model, config: Config, features: dict[str, tf.Tensor]
              ) -> dict[str, tf.Tensor]:
     outputs = model(features, training=False)
-    return {name: invert_output(tf.squeeze(outputs[name], axis=-1), transform)
-            for name, transform in served_outputs(config).items()}
+    served = {name: invert_output(tf.squeeze(outputs[name], axis=-1), transform)
+              for name, transform in served_outputs(config).items()}
+    if config.serving.ranking_score is not None:
+        served[RANKING_SCORE] = ranking_score(config, served)
+    return served
 
 
 def serving_function(model: keras.Model, config: Config) -> tf.types.experimental.ConcreteFunction:
@@ -192,8 +228,9 @@ def validate_export(path: str, config: Config, version: int, examples: Sequence[
     """Loads the SavedModel at `path` afresh and checks what TF Serving would do with it.
 
     Every warmup request is replayed through `serving_default`; every output must be the
-    signature's (one per task, plus pCTCVR with ESMM), of shape `(batch,)`, float32 and
-    finite, and the probabilities within [0, 1]. `examples` are then scored through
+    signature's (one per task, plus pCTCVR with ESMM and `ranking_score` when configured), of
+    shape `(batch,)`, float32 and finite, and the probabilities within [0, 1] (the ranking
+    score is not one). `examples` are then scored through
     `predict_examples` and must give the same outputs as the largest warmup request (the
     same rows).
 
@@ -217,7 +254,7 @@ def validate_export(path: str, config: Config, version: int, examples: Sequence[
         requests = read_warmup(warmup_path(path))
     except RequestError as err:
         raise reject(str(err)) from None
-    expected = list(served_outputs(config))
+    expected = export_outputs(config)
     probabilities = set(probability_outputs(config))
     largest: tuple[int, dict[str, np.ndarray]] = (0, {})
     for number, request in enumerate(requests, start=1):

@@ -29,12 +29,26 @@ class TrainedDay:
 
 
 @dataclass
+class ReExport:
+    """A version exported again from a checkpoint (`multitower export`), without training.
+
+    `date` is the day whose rows made its warmup file.
+    """
+
+    version: int
+    checkpoint: str
+    date: str
+
+
+@dataclass
 class TrainState:
     """The warm-start record the chief writes after each trained day.
 
     `normalization` holds the numeric constants frozen from the first trained day; the
     `schema_fingerprint` is the data schema the model's inputs were built for;
-    `layout_version` the `model_dir` layout it was written with (`trainer.model_dir`).
+    `layout_version` the `model_dir` layout it was written with (`trainer.model_dir`);
+    `exports` the versions `multitower export` wrote since (absent from older files of the
+    same layout: read as none).
     """
 
     model_name: str
@@ -42,6 +56,7 @@ class TrainState:
     normalization: dict[str, dict[str, float]]
     days: list[TrainedDay] = field(default_factory=list)
     layout_version: int = LAYOUT_VERSION
+    exports: list[ReExport] = field(default_factory=list)
 
     @property
     def last_date(self) -> str | None:
@@ -52,6 +67,11 @@ class TrainState:
     def global_step(self) -> int:
         """The global step the last trained day ended at (0 before the first)."""
         return self.days[-1].global_step if self.days else 0
+
+    @property
+    def last_version(self) -> int:
+        """The highest version a trained day or a re-export wrote (0 before any)."""
+        return max([d.version for d in self.days] + [e.version for e in self.exports] + [0])
 
     def to_json(self) -> str:
         """The state as `state.json` text, with `last_date` and `global_step` spelled out."""
@@ -85,6 +105,7 @@ def load_state(model_dir: str) -> TrainState | None:
             normalization=doc["normalization"],
             days=[TrainedDay(**d) for d in doc["days"]],
             layout_version=version,
+            exports=[ReExport(**e) for e in doc.get("exports", [])],
         )
     except (KeyError, TypeError) as err:
         raise StateError(f"{path}: not a valid multitower state file ({err!r})") from None

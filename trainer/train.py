@@ -99,7 +99,7 @@ def train_day(
     strategy = strategy or make_strategy()
     # Only the chief writes into model_dir, so only the chief holds its lease: before it reads
     # the state, until the state, the export and its version number are written.
-    lease = _model_dir_lease(config) if task_info().is_chief else contextlib.nullcontext()
+    lease = model_dir_lease(config) if task_info().is_chief else contextlib.nullcontext()
     with lease:
         return _train_day(config, date, strategy, force, allow_gap, callbacks or [], lease)
 
@@ -129,7 +129,8 @@ def _train_day(config: Config, date: str, strategy: tf.distribute.Strategy, forc
     return DayResult(date, day.steps, global_step, version, export_path, metrics, model)
 
 
-def _model_dir_lease(config: Config) -> Lease:
+def model_dir_lease(config: Config) -> Lease:
+    """The lease of `train.model_dir`: one run at a time writes its state and exports."""
     model_dir = config.train.model_dir
     return Lease(
         ModelDir(model_dir).lease, f"model_dir {model_dir}", config.train.lease_ttl_seconds,
@@ -274,7 +275,7 @@ def _publish(config: Config, day: DayPlan, model: TrainingModel,
     weights = read_weights(model.network)  # the day's last collective
     if not day.info.is_chief:
         return None, None
-    version = _next_version(config, day.state)
+    version = next_version(config, day.state)
     try:
         export_path = _export(config, day, weights, version)
     except ExportRejectedError as err:
@@ -289,9 +290,9 @@ def _publish(config: Config, day: DayPlan, model: TrainingModel,
     return version, export_path
 
 
-def _next_version(config: Config, state: TrainState | None) -> int:
-    """One above every version the state knows and every version already on disk."""
-    known = state.days[-1].version if state and state.days else 0
+def next_version(config: Config, state: TrainState | None) -> int:
+    """One above every version the state knows (days and re-exports) and every one on disk."""
+    known = state.last_version if state else 0
     return max([known, *versions(model_base(config.train.export_dir, config.model.name))]) + 1
 
 
@@ -302,12 +303,12 @@ def _export(config: Config, day: DayPlan, weights: list[np.ndarray], version: in
     """
     copy = build_network(config, day.normalization)
     copy.set_weights(weights)
-    return export_saved_model(copy, config, version, _warmup_examples(config, day))
+    return export_saved_model(copy, config, version, warmup_examples(config, day.files))
 
 
-def _warmup_examples(config: Config, day: DayPlan) -> list[bytes]:
-    """The first `serving.warmup_size` serialized Examples of the day, in file order."""
-    records = tf.data.TFRecordDataset(sorted(day.files), compression_type="GZIP")
+def warmup_examples(config: Config, files: list[str]) -> list[bytes]:
+    """The first `serving.warmup_size` serialized Examples of a day's `files`, in file order."""
+    records = tf.data.TFRecordDataset(sorted(files), compression_type="GZIP")
     return [r.numpy() for r in records.take(config.serving.warmup_size)]
 
 

@@ -5,11 +5,13 @@ newest version only (its own default policy), on its default ports (gRPC 8500, R
 with request batching and Prometheus metrics on. Label rules (`canary: latest`,
 `stable: previous`, `pinned: 3`) are resolved against the exported versions each time the
 files are written (`multitower serving-config`), not here: the export folder changes every day.
+`ranking_score` adds one output to every export; which outputs it may name is checked with the
+tasks (`multitower.config.project`).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     Field,
@@ -20,6 +22,13 @@ from pydantic import (
 )
 
 from multitower.config.fields import PositiveInt, Strict
+
+RANKING_SCORE = "ranking_score"  # the output's name in both signatures
+# A product's base (offset + output) is clipped to at least this in the exported graph, so that a
+# probability that underflows to 0, or a prediction that strays below its task's `min`, cannot
+# make the score infinite or NaN.
+RANKING_FLOOR = 1e-6
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
 # The names TF Serving's REST API puts in a URL (`/v1/models/<name>/labels/<label>`).
 ModelName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
@@ -133,6 +142,26 @@ class MonitoringConfig(Strict):
     path: Annotated[str, Field(pattern=r"^/[A-Za-z0-9_./-]*$")] = "/monitoring/prometheus/metrics"
 
 
+class RankingTerm(Strict):
+    """One served output in the ranking score: `weight` and `offset` applied to `output`."""
+
+    output: str  # a task name, or ESMM's ctcvr_name
+    weight: FiniteFloat = 1.0  # product: the exponent; sum: the factor
+    offset: FiniteFloat = 0.0  # added to the output first, e.g. 1 for (1 + watch_time)
+
+
+class RankingScore(Strict):
+    """`ranking_score`: one more output of the export, fused from the served outputs.
+
+    `product`: prod_i max(offset_i + y_i, RANKING_FLOOR) ** weight_i;
+    `sum`: sum_i weight_i * (offset_i + y_i); y_i are the served outputs (probabilities, and
+    regression values in the label's own unit).
+    """
+
+    combine: Literal["product", "sum"] = "product"
+    terms: Annotated[list[RankingTerm], Field(min_length=1)]
+
+
 class ServingConfig(Strict):
     """How TF Serving serves this project's exports.
 
@@ -152,6 +181,7 @@ class ServingConfig(Strict):
     # it once at start.
     config_poll_seconds: Annotated[int, Field(ge=0)] = 60
     warmup_size: PositiveInt = 64  # rows per warmup request replayed when a version loads
+    ranking_score: RankingScore | None = None  # None: no `ranking_score` output
 
     @field_validator("labels")
     @classmethod
