@@ -157,6 +157,15 @@ def write_manifest(directory: str, manifest: dict[str, Any]) -> str:
     return path
 
 
+def schema_mismatch(root: str, date: str, manifest: dict[str, Any], fingerprint: str
+                    ) -> str | None:
+    """Why a day cannot be read with a config of schema `fingerprint`, or None if it can."""
+    if manifest["schema_fingerprint"] == fingerprint:
+        return None
+    return (f"{day_dir(root, date)} was written for schema {manifest['schema_fingerprint']}, "
+            f"but the config's data schema is {fingerprint}")
+
+
 def partition_files(root: str, date: str, manifest: dict[str, Any]) -> list[str]:
     """The full paths of the TFRecord files a day's manifest lists."""
     return [f"{day_dir(root, date)}/{name}" for name in manifest["files"]]

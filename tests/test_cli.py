@@ -6,7 +6,7 @@ import yaml
 from click.testing import CliRunner
 
 from commands.cli import main
-from tests.helpers import EXAMPLE
+from tests.small_project import EXAMPLE
 
 
 def _config(tmp_path: Path, **train) -> str:

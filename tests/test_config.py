@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from multitower.config import ConfigError, load_config, parse_config
-from tests.helpers import EXAMPLE
+from tests.small_project import EXAMPLE
 
 
 @pytest.fixture

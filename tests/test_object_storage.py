@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import race
+from tests.race import race
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = str(Path(__file__).resolve().parents[1])

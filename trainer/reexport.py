@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from multitower.config import Config
 from multitower.errors import MultitowerError
-from multitower.manifest import day_dir, partition_files, read_manifest
+from multitower.manifest import partition_files, read_manifest, schema_mismatch
 from trainer.evaluate import restore_network
 from trainer.export import export_saved_model
 from trainer.model_dir import ModelDir
@@ -104,10 +104,8 @@ def _checkpoint(config: Config, checkpoint: str | None) -> str:
 
 def _day_files(config: Config, date: str) -> list[str]:
     manifest = read_manifest(config.data.tfrecords, date)
-    fingerprint = config.data.schema_fingerprint()
-    if manifest["schema_fingerprint"] != fingerprint:
-        raise ReExportError(
-            f"{day_dir(config.data.tfrecords, date)} was written for schema "
-            f"{manifest['schema_fingerprint']}, but the config's data schema is {fingerprint}; "
-            f"give another --date")
+    mismatch = schema_mismatch(config.data.tfrecords, date, manifest,
+                               config.data.schema_fingerprint())
+    if mismatch:
+        raise ReExportError(f"{mismatch}; give another --date")
     return partition_files(config.data.tfrecords, date, manifest)

@@ -21,7 +21,12 @@ from multitower.cluster import TaskInfo, task_info
 from multitower.config import Config
 from multitower.exports import model_base, versions
 from multitower.lease import Lease
-from multitower.manifest import check_partition, day_dir, partition_files, read_manifest
+from multitower.manifest import (
+    check_partition,
+    partition_files,
+    read_manifest,
+    schema_mismatch,
+)
 from trainer.backup import MidDayBackup, latest_backup, remove_backups
 from trainer.collectives import CollectiveSaver, create_save_counter, read_weights
 from trainer.data import make_dataset
@@ -151,11 +156,9 @@ def plan_training(config: Config, date: str, force: bool = False, allow_gap: boo
     model_dir, batch = config.train.model_dir, config.train.batch_size
     manifest = read_manifest(config.data.tfrecords, date)
     fingerprint = config.data.schema_fingerprint()
-    if manifest["schema_fingerprint"] != fingerprint:
-        raise TrainingError(
-            f"{day_dir(config.data.tfrecords, date)} was written for schema "
-            f"{manifest['schema_fingerprint']}, but the config's data schema is {fingerprint}; "
-            f"preprocess the day again with this config")
+    mismatch = schema_mismatch(config.data.tfrecords, date, manifest, fingerprint)
+    if mismatch:
+        raise TrainingError(f"{mismatch}; preprocess the day again with this config")
     rows = int(manifest["rows"]["written"])
     if rows // batch < 1:
         raise TrainingError(f"day {date} has {rows} rows, fewer than one global batch ({batch}); "

@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from multitower.config import DataConfig, parse_config
-from tests.helpers import EXAMPLE
+from tests.small_project import EXAMPLE
 
 
 @pytest.fixture(scope="session")

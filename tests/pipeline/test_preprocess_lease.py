@@ -10,7 +10,7 @@ import yaml
 from multitower.lease import Lease
 from multitower.manifest import day_lease, read_manifest
 from pipeline.generate import generate_logs
-from tests.helpers import REPO
+from tests.small_project import REPO
 
 DATE = "2026-01-01"
 

@@ -27,7 +27,7 @@ from serving.predict import (
 )
 from tests.bad_rows import GOOD as CORPUS_GOOD
 from tests.bad_rows import bad_rows, good_line, good_rows
-from tests.helpers import EXAMPLE
+from tests.small_project import EXAMPLE
 from trainer.export import export_saved_model
 from trainer.network import build_network
 

@@ -17,8 +17,8 @@ from commands.cli import main
 from multitower.config import parse_config
 from pipeline.validate import parse_line
 from tests.bad_rows import bad_rows, good_line, good_rows
-from tests.helpers import EXAMPLE
 from tests.serving.test_predict import export_small_model
+from tests.small_project import EXAMPLE
 
 DATA = parse_config(yaml.safe_load(EXAMPLE.read_text())).data
 # the lines predict refuses (labels are not checked), with the reason preprocessing gives

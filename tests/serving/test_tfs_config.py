@@ -32,7 +32,7 @@ from serving.tfs_config import (
     build_serving_files,
     write_serving_files,
 )
-from tests.helpers import EXAMPLE
+from tests.small_project import EXAMPLE
 
 _F = descriptor_pb2.FieldDescriptorProto
 

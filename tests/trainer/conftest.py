@@ -2,10 +2,10 @@
 
 import pytest
 
-from tests.helpers import make_small_project
+from tests.small_project import make_small_project
 
 
 @pytest.fixture(scope="session")
 def small_project(tmp_path_factory) -> dict:
-    """Config with small tables and batch, and three preprocessed days (`tests.helpers`)."""
+    """Config with small tables and batch, and three preprocessed days (`tests.small_project`)."""
     return make_small_project(tmp_path_factory.mktemp("project"))

@@ -7,7 +7,7 @@ import tf_keras as keras
 import yaml
 
 from multitower.config import parse_config
-from tests.helpers import EXAMPLE
+from tests.small_project import EXAMPLE
 from trainer.backbones import CGC, PLE, MMoE, MoE, SharedBottom, SingleTask, build_backbone
 
 TASKS = ["click", "buy", "watch"]

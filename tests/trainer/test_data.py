@@ -8,7 +8,7 @@ import yaml
 
 from multitower.config import parse_config
 from multitower.records import encode_example
-from tests.helpers import EXAMPLE
+from tests.small_project import EXAMPLE
 from trainer.data import make_dataset
 
 

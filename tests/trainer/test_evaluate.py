@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.helpers import DAYS, config_in
+from tests.small_project import DAYS, config_in
 from trainer.evaluate import evaluate_day, format_report, gate_summary
 
 

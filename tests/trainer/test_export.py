@@ -22,7 +22,7 @@ from multitower.tfs_requests import (
     warmup_path,
     write_warmup,
 )
-from tests.helpers import DAYS, EXAMPLE, config_in
+from tests.small_project import DAYS, EXAMPLE, config_in
 from trainer.export import (
     EXAMPLES_SIGNATURE,
     ExportRejectedError,

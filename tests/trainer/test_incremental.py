@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from multitower.dates import date_range
-from tests.helpers import DAYS, config_in, race
+from tests.race import race
+from tests.small_project import DAYS, config_in
 from trainer.incremental import TrainingError, checkpoint_at, plan_day
 from trainer.state import TrainedDay, TrainState
 

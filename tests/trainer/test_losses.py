@@ -9,7 +9,7 @@ import tf_keras as keras
 import yaml
 
 from multitower.config import ConfigError, parse_config
-from tests.helpers import EXAMPLE
+from tests.small_project import EXAMPLE
 from trainer.heads import build_heads
 from trainer.losses import (
     LossTerm,

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from multitower.config import parse_config
-from tests.helpers import EXAMPLE
+from tests.small_project import EXAMPLE
 from trainer.memory import MemoryBudgetError, available_memory, check_memory, table_estimates
 
 

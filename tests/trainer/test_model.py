@@ -7,7 +7,7 @@ import tf_keras
 import yaml
 
 from multitower.config import parse_config
-from tests.helpers import EXAMPLE
+from tests.small_project import EXAMPLE
 from trainer.embeddings import embedding_variables
 from trainer.training_model import build_training_model
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import BATCH, DAYS, config_in
+from tests.small_project import BATCH, DAYS, config_in
 from trainer.launch import cluster_env, free_ports, run_local_workers
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -15,7 +15,7 @@ from multitower.config import ConfigError, load_config, parse_config
 from multitower.exports import model_base, versions
 from multitower.records import encode_example
 from multitower.tfs_requests import read_warmup, request_rows, warmup_path
-from tests.helpers import DAYS, EXAMPLE, config_in
+from tests.small_project import DAYS, EXAMPLE, config_in
 from trainer.export import EXAMPLES_SIGNATURE, ExportRejectedError, export_saved_model
 from trainer.network import build_network
 from trainer.state import ReExport, TrainedDay, TrainState, load_state, save_state

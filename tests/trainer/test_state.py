@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from commands.cli import main
-from tests.helpers import DAYS, config_in
+from tests.small_project import DAYS, config_in
 from trainer.model_dir import LAYOUT_VERSION, ModelDir
 from trainer.state import StateError, TrainedDay, TrainState, load_state, save_state
 

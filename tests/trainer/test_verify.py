@@ -6,7 +6,7 @@ import shutil
 from click.testing import CliRunner
 
 from commands.cli import main
-from tests.helpers import DAYS, config_in
+from tests.small_project import DAYS, config_in
 
 
 def _copy_of_day(small_project, tmp_path):

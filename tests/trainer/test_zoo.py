@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import DAYS, config_in
+from tests.small_project import DAYS, config_in
 from trainer.launch import run_local_workers
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
