@@ -1,4 +1,8 @@
-"""The `multitower` command: generate, preprocess, train, export, predict, serving-config, demo.
+"""The `multitower` command group and its data and training commands.
+
+Here: generate, preprocess, verify, train, evaluate, export, demo. The serving commands
+(predict, serving-config, query, serve, score) are in `serving_commands`, the options they
+share in `options`.
 
 The top layer: nothing imports this module. A command imports the stage modules it runs inside
 its own function, so that each command loads only what it needs (a trainer worker does not load
@@ -10,20 +14,19 @@ and how to fix it, and exit non-zero (1: the work failed, 2: the command line wa
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import sys
 import traceback
-from collections.abc import Callable
 
 import click
 
 import multitower
+from commands import serving_commands
+from commands.options import check_date_option, config_option, date_option, friendly_errors
 from multitower.config import load_config
-from multitower.dates import check_date, date_range
-from multitower.errors import MultitowerError
-from multitower.storage import enable_filesystems, exit_process
+from multitower.dates import date_range
+from multitower.storage import exit_process
 
 log = logging.getLogger("multitower")
 
@@ -38,37 +41,6 @@ def _setup_logging(verbose: bool) -> None:
     log.propagate = False
     for name in ("apache_beam", "tensorflow", "absl"):
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
-
-
-def _friendly_errors(fn: Callable[..., None]) -> Callable[..., None]:
-    """Turns the project's refusals (`MultitowerError`) into one clear line and exit code 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: object, **kwargs: object) -> None:
-        try:
-            return fn(*args, **kwargs)
-        except MultitowerError as err:
-            raise click.ClickException(str(err)) from None
-
-    return wrapper
-
-
-config_option = click.option(
-    "--config", "config_path", required=True, type=click.Path(dir_okay=False),
-    help="The project's YAML config.",
-)
-
-
-def _check_date(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    try:
-        return check_date(value)
-    except ValueError as err:
-        raise click.BadParameter(str(err)) from None
-
-
-date_option = click.option(
-    "--date", required=True, callback=_check_date, help="The day, YYYY-MM-DD."
-)
 
 
 @click.group()
@@ -107,7 +79,7 @@ def generate(out: str, start_date: str, days: int, rows_per_day: int, seed: int,
                    "(listed in the manifest's skipped_files); by default such a file fails the "
                    "day and nothing is published.")
 @click.argument("beam_args", nargs=-1, type=click.UNPROCESSED)
-@_friendly_errors
+@friendly_errors
 def preprocess(config_path: str, date: str, skip_bad_files: bool,
                beam_args: tuple[str, ...]) -> None:
     """Turn one day of logs into TFRecords (Beam).
@@ -129,7 +101,7 @@ def preprocess(config_path: str, date: str, skip_bad_files: bool,
 @main.command()
 @config_option
 @date_option
-@_friendly_errors
+@friendly_errors
 def verify(config_path: str, date: str) -> None:
     """Check a preprocessed day: every file against its manifest's size and checksum."""
     from multitower.manifest import read_manifest, verify_partition
@@ -157,7 +129,7 @@ def _check_dates(ctx: click.Context, param: click.Parameter, value: str | None
 
 @main.command()
 @config_option
-@click.option("--date", callback=lambda c, p, v: v and _check_date(c, p, v),
+@click.option("--date", callback=lambda c, p, v: v and check_date_option(c, p, v),
               help="The day to train, YYYY-MM-DD.")
 @click.option("--dates", callback=_check_dates,
               help="Train a range day by day, A:B (both included); a checkpoint and an export "
@@ -168,7 +140,7 @@ def _check_dates(ctx: click.Context, param: click.Parameter, value: str | None
               help="Train a day that does not follow the last trained day.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
               help="Start this many trainer processes on localhost (ignored if TF_CONFIG is set).")
-@_friendly_errors
+@friendly_errors
 def train(config_path: str, date: str | None, dates: list[str] | None, force: bool,
           allow_gap: bool, workers: int) -> None:
     """Train day(s) from the latest checkpoint and export the next version after each day."""
@@ -208,7 +180,7 @@ def train(config_path: str, date: str | None, dates: list[str] | None, force: bo
 @date_option
 @click.option("--output", type=click.Path(dir_okay=False),
               help="Where to write the JSON report (default <model_dir>/eval/dt=D.json).")
-@_friendly_errors
+@friendly_errors
 def evaluate(config_path: str, date: str, output: str | None) -> None:
     """Per-task quality and gate diagnostics of the latest checkpoint on one day."""
     from trainer.evaluate import evaluate_day, format_report
@@ -221,10 +193,10 @@ def evaluate(config_path: str, date: str, output: str | None) -> None:
 @click.option("--checkpoint", type=str, default=None,
               help="The checkpoint prefix to export (<model_dir>/checkpoints/ckpt-<step>); "
                    "default: the latest.")
-@click.option("--date", callback=lambda c, p, v: v and _check_date(c, p, v),
+@click.option("--date", callback=lambda c, p, v: v and check_date_option(c, p, v),
               help="The preprocessed day whose first rows make the warmup file, YYYY-MM-DD; "
                    "default: the last trained day.")
-@_friendly_errors
+@friendly_errors
 def export(config_path: str, checkpoint: str | None, date: str | None) -> None:
     """Export a checkpoint again as the next version, e.g. after changing serving.ranking_score.
 
@@ -239,92 +211,21 @@ def export(config_path: str, checkpoint: str | None, date: str | None) -> None:
 
 
 @main.command()
-@click.option("--model", "model_base", required=True, type=click.Path(file_okay=False),
-              help="<export_dir>/<model name>; its newest version is used.")
-@click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False),
-              help="Raw rows as JSON lines (.jsonl or .jsonl.gz).")
-@click.option("--output", type=click.Path(dir_okay=False, allow_dash=True), default=None,
-              help="Where to write the scores (default stdout); the file appears only once "
-                   "every row is scored.")
-@click.option("--skip-invalid", is_flag=True,
-              help="Score the valid rows and write each invalid one, one JSON object "
-                   '{"source", "line", "reason", "raw"} per row, to --rejected; each score then '
-                   'also holds its input "line". Without it an invalid row fails the command: '
-                   "the invalid rows are listed (the first 20) and nothing is scored.")
-@click.option("--rejected", "rejected_path", type=click.Path(dir_okay=False),
-              help="With --skip-invalid, where the invalid rows go (default "
-                   "<output>.rejected.jsonl, or stderr when the scores go to stdout); the file "
-                   "is written even when no row is invalid.")
-@click.option("--batch-size", default=4096, show_default=True, type=click.IntRange(min=1),
-              help="Rows per call of the model.")
-@_friendly_errors
-def predict(model_base: str, input_path: str, output: str | None, skip_invalid: bool,
-            rejected_path: str | None, batch_size: int) -> None:
-    """Score raw rows with the newest exported version: one JSON object per row.
-
-    Rows are checked as preprocessing checks log rows (features only: no labels needed).
-    """
-    from serving.predict import Predictor, complete_file, predict_file
-
-    if rejected_path and not skip_invalid:
-        raise click.UsageError("--rejected is only used with --skip-invalid")
-    output = None if output == "-" else output
-    if skip_invalid and rejected_path is None and output is not None:
-        rejected_path = f"{output}.rejected.jsonl"
-    if rejected_path is not None and rejected_path == output:
-        raise click.UsageError("--rejected and --output must be different files")
-    enable_filesystems([model_base, input_path])
-    predictor = Predictor(model_base)
-    with complete_file(output, sys.stdout) as scores_out:  # no output at all unless complete
-        if skip_invalid:
-            with complete_file(rejected_path, sys.stderr) as rejected_out:
-                outcome = predict_file(predictor, input_path, scores_out, rejected_out,
-                                       batch_size)
-        else:
-            outcome = predict_file(predictor, input_path, scores_out, None, batch_size)
-    summary = f"scored {outcome.scored} rows with version {predictor.version} ({predictor.path})"
-    if skip_invalid:
-        summary += (f"; skipped {outcome.invalid} invalid row{'s' * (outcome.invalid != 1)}, "
-                    f"written with their reasons to {rejected_path or 'stderr'}")
-    click.echo(summary, err=True)
-
-
-@main.command("serving-config")
-@config_option
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Folder for models.config, batching_parameters.txt and monitoring.config "
-                   "(local, s3:// or gs://).")
-@_friendly_errors
-def serving_config(config_path: str, out_dir: str) -> None:
-    """Write TF Serving's config files for the exported versions, and print its command line.
-
-    Labels are resolved against the versions exported now: run it again after each export.
-    The summary goes to stderr, the `tensorflow_model_server` command line to stdout.
-    """
-    from serving.tfs_config import build_serving_files, summary, write_serving_files
-
-    config = load_config(config_path)
-    enable_filesystems([out_dir])
-    result = build_serving_files(config, out_dir)
-    written = write_serving_files(result, out_dir)
-    click.echo(f"wrote {', '.join(written)}", err=True)
-    for line in summary(result, config.serving):
-        click.echo(line, err=True)
-    click.echo(result.command_line())
-
-
-@main.command()
 @click.option("--workdir", default="demo-work", show_default=True, type=click.Path(file_okay=False))
 @click.option("--rows-per-day", default=60_000, show_default=True, type=click.IntRange(min=1000))
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1),
               help="Trainer processes on localhost (MultiWorkerMirroredStrategy when > 1).")
 @click.option("--seed", default=0, show_default=True, type=int)
-@_friendly_errors
+@friendly_errors
 def demo(workdir: str, rows_per_day: int, workers: int, seed: int) -> None:
     """Run everything on generated logs: generate 3 days, preprocess, train days 1-2, predict 3."""
     from commands.demo import run_demo
 
     run_demo(workdir, rows_per_day=rows_per_day, workers=workers, seed=seed)
+
+
+for _command in serving_commands.COMMANDS:
+    main.add_command(_command)
 
 
 def run() -> None:

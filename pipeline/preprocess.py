@@ -24,9 +24,10 @@ from typing import Any
 
 import apache_beam as beam
 import tensorflow as tf
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 
 import multitower
+from multitower.beam_options import pipeline_options
 from multitower.config import Config, DataConfig
 from multitower.dates import check_date
 from multitower.lease import Lease
@@ -112,26 +113,6 @@ def build_pipeline(
         | "WriteSummary" >> beam.io.WriteToText(
             f"{out_dir}/{_STATS_NAME}", shard_name_template="", num_shards=1)
     )
-
-
-def pipeline_options(beam_args: list[str] | None) -> PipelineOptions:
-    """Beam options from command-line style arguments; the DirectRunner unless one is named.
-
-    Raises:
-        ValueError: The DirectRunner is asked for several threads: Beam 2.77's multi-threaded
-            mode drops elements across shuffles (a GroupByKey of 60,000 elements returned
-            ~59,000), so it is refused here rather than after a wasted run.
-    """
-    options = PipelineOptions(list(beam_args or []))
-    standard = options.view_as(StandardOptions)
-    if standard.runner is None:
-        standard.runner = "DirectRunner"
-    direct = options.view_as(DirectOptions)
-    if direct.direct_running_mode == "multi_threading" and direct.direct_num_workers != 1:
-        raise ValueError(
-            "--direct_running_mode=multi_threading with several workers loses rows in this Beam "
-            "version; use --direct_running_mode=multi_processing (or one worker) instead")
-    return options
 
 
 def _read_summary(out_dir: str) -> dict[str, Any]:

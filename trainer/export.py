@@ -39,6 +39,8 @@ from multitower.records import feature_dtype, parse_spec
 from multitower.storage import rename_dir
 from multitower.tfs_requests import (
     DEFAULT_SIGNATURE,
+    EXAMPLES_INPUT,
+    EXAMPLES_SIGNATURE,
     RequestError,
     predict_request,
     read_warmup,
@@ -47,9 +49,6 @@ from multitower.tfs_requests import (
     write_warmup,
 )
 from trainer.losses import invert_output
-
-EXAMPLES_SIGNATURE = "predict_examples"
-EXAMPLES_INPUT = "examples"
 
 
 class VersionExistsError(MultitowerError, FileExistsError):

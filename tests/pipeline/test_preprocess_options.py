@@ -1,9 +1,9 @@
-"""Tests of how `run_preprocess` turns Beam arguments into options (no pipeline is run)."""
+"""Tests of how Beam arguments become options for every Beam job (no pipeline is run)."""
 
 import pytest
 from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
 
-from pipeline.preprocess import pipeline_options
+from multitower.beam_options import BeamOptionsError, pipeline_options
 
 
 def test_direct_runner_by_default_and_arguments_pass_through():
@@ -15,6 +15,6 @@ def test_direct_runner_by_default_and_arguments_pass_through():
 
 
 def test_multi_threaded_direct_runner_is_refused():
-    with pytest.raises(ValueError, match="multi_processing"):
+    with pytest.raises(BeamOptionsError, match="multi_processing"):
         pipeline_options(["--direct_num_workers=2", "--direct_running_mode=multi_threading"])
     pipeline_options(["--direct_num_workers=1", "--direct_running_mode=multi_threading"])
