@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from multitower.cluster import tf_config
+from multitower.cluster import tf_config_from_index, worker_environment
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -48,9 +48,15 @@ def free_ports(n: int) -> list[int]:
 
 
 def cluster_env(num_workers: int, index: int, ports: Sequence[int]) -> dict[str, str]:
-    """The environment of worker `index` in a localhost cluster."""
-    return {**os.environ,
-            "TF_CONFIG": tf_config([f"localhost:{p}" for p in ports[:num_workers]], index)}
+    """The environment of worker `index` in a localhost cluster.
+
+    The same variables an Indexed Job's pod gets (`multitower.cluster.worker_environment`),
+    with localhost ports for addresses, and the `TF_CONFIG` they make.
+    """
+    env = {**os.environ, **worker_environment(
+        [f"localhost:{p}" for p in ports[:num_workers]], index)}
+    env["TF_CONFIG"] = tf_config_from_index(env) or ""
+    return env
 
 
 def _pump(stream: IO[str], prefix: str, sink: Callable[[str], None]) -> None:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from multitower.cluster import task_info
+from multitower.cluster import export_tf_config, task_info
 
 
 def make_strategy() -> tf.distribute.Strategy:
     """Builds the strategy for this process; call it before creating any TensorFlow state."""
+    export_tf_config()  # an Indexed Job's pod: TensorFlow reads the cluster from TF_CONFIG only
     info = task_info()
     gpus = tf.config.list_physical_devices("GPU")
     if info.num_workers > 1 or len(gpus) > 1:

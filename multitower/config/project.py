@@ -9,18 +9,20 @@ from pydantic import Field, model_validator
 
 from multitower.config.data import DataConfig
 from multitower.config.fields import Strict
+from multitower.config.k8s import K8sConfig
 from multitower.config.model import ModelConfig
 from multitower.config.serving import RANKING_SCORE, RankingTerm, ServingConfig
 from multitower.config.train import TrainConfig
 
 
 class Config(Strict):
-    """The whole file: `data`, `model`, `train`, optional `serving` (`source`: where from)."""
+    """The whole file: `data`, `model`, `train`, optional `serving`, `k8s`; `source`: where from."""
 
     data: DataConfig
     model: ModelConfig
     train: TrainConfig
     serving: ServingConfig = ServingConfig()
+    k8s: K8sConfig | None = None  # how the steps run on a cluster; None: local only
     source: str | None = Field(default=None, exclude=True)  # the file it was loaded from
 
     @model_validator(mode="before")
