@@ -62,14 +62,24 @@ def main(verbose: bool) -> None:
               type=click.FloatRange(0.0, 1.0), help="How much conversion shares click's signal.")
 @click.option("--click-bias", default=0.0, show_default=True, type=float,
               help="Added to every click logit; -1.5 gives about a 5.5% click rate, -2.0 about 4%.")
+@click.option("--format", "log_format", default="jsonl", show_default=True,
+              type=click.Choice(["jsonl", "csv", "parquet"]),
+              help="Gzipped JSON lines, gzipped CSV with a header row, or Parquet "
+                   "(data.format in the config).")
+@click.option("--missing-rate", default=0.0, show_default=True, type=click.FloatRange(0.0, 1.0),
+              help="Probability that a row lacks each of user_country, device and "
+                   "user_activity (give them a default: in the config, or such rows are rejected).")
 def generate(out: str, start_date: str, days: int, rows_per_day: int, seed: int,
-             task_correlation: float, click_bias: float) -> None:
-    """Write synthetic impression logs: OUT/dt=YYYY-MM-DD/*.jsonl.gz."""
+             task_correlation: float, click_bias: float, log_format: str,
+             missing_rate: float) -> None:
+    """Write synthetic impression logs: OUT/dt=YYYY-MM-DD/part-*.{jsonl.gz,csv.gz,parquet}."""
     from pipeline.generate import generate_logs
 
     paths = generate_logs(out, start_date, days, rows_per_day, seed=seed,
-                          task_correlation=task_correlation, click_bias=click_bias)
-    click.echo(f"wrote {len(paths)} files, {days} day(s) x {rows_per_day} rows, under {out}")
+                          task_correlation=task_correlation, click_bias=click_bias,
+                          log_format=log_format, missing_rate=missing_rate)
+    click.echo(f"wrote {len(paths)} {log_format} files, {days} day(s) x {rows_per_day} rows, "
+               f"under {out}")
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -93,8 +103,10 @@ def preprocess(config_path: str, date: str, skip_bad_files: bool,
                               skip_bad_files=skip_bad_files)
     rows = manifest["rows"]
     skipped = len(manifest.get("skipped_files", []))
+    defaulted = sum(manifest.get("defaulted", {}).values())
     click.echo(
         f"{date}: read {rows['read']}, written {rows['written']}, rejected {rows['rejected']}"
+        + (f", defaulted {defaulted} missing value(s)" if defaulted else "")
         + (f", skipped {skipped} bad file(s)" if skipped else "")
     )
 

@@ -13,6 +13,7 @@ Manifest schema::
     {"date": "2026-01-01", "schema_fingerprint": "...",
      "rows": {"read": N, "written": W, "rejected": R},       # N == W + R
      "rejection_reasons": {"missing field 'user_id'": 3, ...},
+     "defaulted": {"device": 12, ...},  # per feature with a default: written rows that took it
      "files": ["part-00000-of-00004.tfrecord.gz", ...],   # relative to the day's directory
      "file_checks": {"part-00000-of-00004.tfrecord.gz":
                      {"bytes": 123456, "crc32c": "1a2b3c4d", "rows": 2500}, ...},
@@ -25,7 +26,7 @@ Manifest schema::
 
 `created_at` is the only field that differs between two runs over the same logs. Manifests
 written before `file_checks` existed are still read; their files can only be checked for
-existence.
+existence. Those written before `defaulted` existed lack it (nothing was defaulted then).
 """
 
 from __future__ import annotations
@@ -128,6 +129,9 @@ def _manifest_problem(manifest: dict[str, Any], date: str) -> str | None:
     bad = [k for k in _ROW_COUNTS if not _is_count(manifest["rows"].get(k))]
     if bad:
         return f"'rows' must hold counts {', '.join(_ROW_COUNTS)}; bad or missing: {', '.join(bad)}"
+    defaulted = manifest.get("defaulted", {})
+    if not (isinstance(defaulted, dict) and all(_is_count(n) for n in defaulted.values())):
+        return f"'defaulted' must map features to counts, got {defaulted!r}"
     files = manifest["files"]
     if not all(isinstance(name, str) and name and "/" not in name for name in files):
         return f"'files' must be file names in the day's directory, got {files!r}"

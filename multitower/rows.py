@@ -10,13 +10,18 @@ of fault (`invalid UTF-8: ...`, `invalid JSON: ...`, `duplicate key: ...`).
 An integer of more digits than Python converts (4300 by default) is not a reason of its own:
 it decodes to a `multitower.values.LongInteger`, refused by the checker of the column holding
 it and ignored in a column nobody reads, like any other value there.
+
+Rows of other log formats (CSV, Parquet: `pipeline.read_csv`, `pipeline.read_parquet`) are
+decoded by their readers into the same kind of object and then take the same path:
+`fill_defaults` (a missing or null value of a column that declares a default takes it) and
+`check_row`. `utf8_fault` gives every format the same words for bytes that are not UTF-8.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 from multitower.values import LongInteger, check_value
@@ -88,6 +93,16 @@ def _loads(text: str) -> Any:
         return _LONG_DECODER.decode(text)
 
 
+def utf8_fault(data: bytes) -> str | None:
+    """Why `data` is not valid UTF-8, or None: `invalid UTF-8: <why> (0x<bytes>) at byte N`."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        bad = data[err.start:err.end].hex()
+        return f"invalid UTF-8: {err.reason} (0x{bad}) at byte {err.start}"
+    return None
+
+
 def decode_line(line: bytes | str) -> tuple[dict[str, Any] | None, str | None]:
     """Decodes one line of JSON lines into an object, or says why it cannot.
 
@@ -103,9 +118,8 @@ def decode_line(line: bytes | str) -> tuple[dict[str, Any] | None, str | None]:
     if isinstance(line, bytes):
         try:
             text = line.decode("utf-8")
-        except UnicodeDecodeError as err:
-            bad = line[err.start:err.end].hex()
-            return None, f"invalid UTF-8: {err.reason} (0x{bad}) at byte {err.start}"
+        except UnicodeDecodeError:
+            return None, utf8_fault(line)
     else:
         text = line
     if not text.strip():
@@ -164,3 +178,24 @@ def check_row(
             return None, reason
         clean[name] = value
     return clean, None
+
+
+def fill_defaults(
+    row: object, defaults: Mapping[str, Any]
+) -> tuple[object, tuple[str, ...]]:
+    """Gives each column of `defaults` that `row` lacks, or holds as None (null), its default.
+
+    Args:
+        row: A decoded row; anything but a dict is returned as it is (`check_row` refuses it).
+        defaults: Default value by column name (already checked against the column's kind).
+
+    Returns:
+        `(row, filled)`: the row itself when nothing was missing, else a copy with the defaults
+        in; `filled` names the columns that took their default, in the order of `defaults`.
+    """
+    if not defaults or not isinstance(row, dict):
+        return row, ()
+    filled = tuple(name for name in defaults if row.get(name) is None)
+    if not filled:
+        return row, ()
+    return {**row, **{name: defaults[name] for name in filled}}, filled

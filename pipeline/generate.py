@@ -7,20 +7,28 @@ dot product plus biases for position, hour, device, price and activity. Conversi
 click) and watch time mix that click affinity with an independent second affinity, weighted by
 `task_correlation`, which is what makes multi-task backbones such as MMoE worth comparing.
 
-Files are gzipped JSON lines, `<out_dir>/dt=YYYY-MM-DD/part-NNNNN.jsonl.gz`, byte-identical for
-the same arguments: every random draw comes from a generator seeded by (seed, date) and the gzip
-header carries no timestamp or file name.
+Files are gzipped JSON lines, `<out_dir>/dt=YYYY-MM-DD/part-NNNNN.jsonl.gz`, or the same rows as
+gzipped CSV with a header row (`part-NNNNN.csv.gz`) or Parquet (`part-NNNNN.parquet`), byte-
+identical for the same arguments: every random draw comes from a generator seeded by (seed,
+date), the gzip header carries no timestamp or file name, and the Parquet writer's options are
+fixed. With a missing rate, each of the `MISSABLE` context features is missing from a row with
+that probability (drawn from a generator of its own, so the rest of the day does not change): a
+key left out of the JSON object, an empty CSV cell, a Parquet null.
 """
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import gzip
+import io
 import json
 import math
 import posixpath
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import tensorflow as tf
 
 NUM_USERS = 200_000
@@ -32,6 +40,8 @@ COUNTRIES = ("US", "IN", "BR", "ID", "MX", "DE", "GB", "FR", "JP", "TR", "PH", "
              "KR", "CA", "PL", "AR", "CO", "EG", "NG", "TH", "SA", "AU", "NL", "UA", "PK", "ZA",
              "SE", "CL")
 DEVICES = ("ios", "android", "web", "tv")
+LOG_FORMATS = ("jsonl", "csv", "parquet")
+MISSABLE = ("user_country", "device", "user_activity")  # the features a row may lack
 _DEVICE_SHARE = np.array([0.35, 0.40, 0.20, 0.05])
 _DEVICE_EFFECT = np.array([0.15, 0.0, -0.2, -0.4])
 _MAX_POSITION = 20
@@ -105,7 +115,7 @@ def _hour_effect(hour: np.ndarray) -> np.ndarray:
 
 def generate_day(
     population: Population, date: str, rows: int, seed: int, task_correlation: float,
-    click_bias: float = 0.0,
+    click_bias: float = 0.0, missing_rate: float = 0.0,
 ) -> tuple[list[dict], dict[str, np.ndarray]]:
     """Draws one day's impressions.
 
@@ -117,6 +127,8 @@ def generate_day(
         task_correlation: 1.0 gives post-click tasks the click affinity, 0.0 an independent one.
         click_bias: added to every click logit; negative values give a low click rate (-1.5
             gives about 5.5%, -2.0 about 4%), as in ad logs where ESMM matters most.
+        missing_rate: The probability, in [0, 1], that a row lacks each `MISSABLE` feature
+            (its value is then None); the other values do not depend on it.
 
     Returns:
         The rows, sorted by timestamp, and the ground truth behind their labels as arrays aligned
@@ -126,6 +138,8 @@ def generate_day(
     """
     if not 0.0 <= task_correlation <= 1.0:
         raise ValueError(f"task_correlation must be in [0, 1], got {task_correlation}")
+    if not 0.0 <= missing_rate <= 1.0:
+        raise ValueError(f"missing_rate must be in [0, 1], got {missing_rate}")
     day = dt.date.fromisoformat(date)
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1, day.toordinal())))
     pop = population
@@ -176,12 +190,74 @@ def generate_day(
         "conversion": conversion.astype(int).tolist(),
         "watch_time": np.round(watch, 1).tolist(),
     }
+    if missing_rate > 0:
+        # A generator of its own: the day's other draws stay those of every missing rate.
+        holes = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2, day.toordinal())))
+        missing = holes.random((len(MISSABLE), rows)) < missing_rate
+        for name, lacks in zip(MISSABLE, missing, strict=True):
+            columns[name] = [None if gone else value
+                             for value, gone in zip(columns[name], lacks.tolist(), strict=True)]
     names = list(columns)
     table = [dict(zip(names, values, strict=True))
              for values in zip(*columns.values(), strict=True)]
     truth = {"click_logit": click_logit, "conversion_logit": conversion_logit,
              "watch_log_mean": watch_log_mean}
     return table, truth
+
+
+# Parquet column types of the generated rows; float features and watch time as float64, so the
+# values are those the JSON and CSV files hold, digit for digit.
+_PARQUET_SCHEMA = pa.schema(
+    [(name, pa.string()) for name in ("event_id", "user_id", "user_segment", "user_country",
+                                      "item_id", "item_category", "device")]
+    + [(name, pa.int64()) for name in ("ts", "hour", "position", "click", "conversion")]
+    + [(name, pa.float64()) for name in ("item_price", "user_activity", "watch_time")])
+
+
+def _jsonl_bytes(rows: list[dict]) -> bytes:
+    lines = [json.dumps({k: v for k, v in row.items() if v is not None}, separators=(",", ":"))
+             for row in rows]
+    return gzip.compress(("\n".join(lines) + "\n").encode() if lines else b"", compresslevel=6,
+                         mtime=0)
+
+
+def _csv_bytes(rows: list[dict], names: list[str]) -> bytes:
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(names)
+    # A float's str() is its shortest round-trip form, as in JSON; None is an empty cell.
+    writer.writerows([["" if row[n] is None else row[n] for n in names] for row in rows])
+    return gzip.compress(text.getvalue().encode(), compresslevel=6, mtime=0)
+
+
+def _parquet_bytes(rows: list[dict], names: list[str]) -> bytes:
+    schema = pa.schema([_PARQUET_SCHEMA.field(n) for n in names])
+    table = pa.Table.from_pydict({n: [row[n] for row in rows] for n in names}, schema=schema)
+    out = io.BytesIO()
+    pq.write_table(table, out, compression="snappy", row_group_size=50_000)
+    return out.getvalue()
+
+
+def write_rows(path: str, rows: list[dict], log_format: str, names: list[str]) -> None:
+    """Writes generated rows as one log file in `log_format` (see the module docstring).
+
+    Args:
+        path: The file to write, replaced if it exists.
+        rows: Rows of `generate_day` (None: a missing value).
+        log_format: `jsonl`, `csv` or `parquet`.
+        names: The columns, in the order a CSV header or a Parquet schema lists them.
+    """
+    if log_format == "jsonl":
+        payload = _jsonl_bytes(rows)
+    elif log_format == "csv":
+        payload = _csv_bytes(rows, names)
+    else:
+        payload = _parquet_bytes(rows, names)
+    with tf.io.gfile.GFile(path, "wb") as f:
+        f.write(payload)
+
+
+_SUFFIXES = {"jsonl": ".jsonl.gz", "csv": ".csv.gz", "parquet": ".parquet"}
 
 
 def generate_logs(
@@ -193,20 +269,26 @@ def generate_logs(
     task_correlation: float = 0.8,
     files_per_day: int = 2,
     click_bias: float = 0.0,
+    log_format: str = "jsonl",
+    missing_rate: float = 0.0,
 ) -> list[str]:
     """Writes `days` days of impression logs starting at `start_date`.
 
     Args:
         out_dir: Root directory (local or any `tf.io.gfile` filesystem); each day goes to
-            `<out_dir>/dt=YYYY-MM-DD/part-NNNNN.jsonl.gz`, replacing files of the same name.
+            `<out_dir>/dt=YYYY-MM-DD/part-NNNNN.jsonl.gz` (`.csv.gz`, `.parquet`), replacing
+            files of the same name.
         start_date: First day, `YYYY-MM-DD`.
         days: Number of consecutive days.
         rows_per_day: Impressions per day, split evenly over the day's files.
         seed: Fixes the population and every day's draws; a given date's file bytes depend only
-            on (seed, date, rows_per_day, task_correlation, files_per_day).
+            on (seed, date, rows_per_day, task_correlation, files_per_day, click_bias, format,
+            missing_rate).
         task_correlation: How much conversion and watch time share the click signal, in [0, 1].
         files_per_day: Number of files per day.
         click_bias: Added to every click logit (negative: a lower click rate).
+        log_format: `jsonl`, `csv` or `parquet`: the same rows in each.
+        missing_rate: The probability that a row lacks each `MISSABLE` feature, in [0, 1].
 
     Returns:
         The written file paths, in date then part order.
@@ -214,22 +296,21 @@ def generate_logs(
     if days < 1 or rows_per_day < 1 or files_per_day < 1:
         raise ValueError(f"days, rows_per_day and files_per_day must be >= 1, got "
                          f"{days}, {rows_per_day}, {files_per_day}")
+    if log_format not in LOG_FORMATS:
+        raise ValueError(f"log_format must be one of {LOG_FORMATS}, got {log_format!r}")
     first = dt.date.fromisoformat(start_date)
     population = Population(seed)
     paths = []
     for offset in range(days):
         date = (first + dt.timedelta(days=offset)).isoformat()
         table, _ = generate_day(population, date, rows_per_day, seed, task_correlation,
-                                click_bias)
+                                click_bias, missing_rate)
+        names = list(table[0])
         day_dir = posixpath.join(out_dir, f"dt={date}")
         tf.io.gfile.makedirs(day_dir)
         bounds = np.linspace(0, rows_per_day, files_per_day + 1).astype(int)
         for part in range(files_per_day):
-            lines = [json.dumps(row, separators=(",", ":"))
-                     for row in table[bounds[part]:bounds[part + 1]]]
-            payload = ("\n".join(lines) + "\n").encode() if lines else b""
-            path = posixpath.join(day_dir, f"part-{part:05d}.jsonl.gz")
-            with tf.io.gfile.GFile(path, "wb") as f:
-                f.write(gzip.compress(payload, compresslevel=6, mtime=0))
+            path = posixpath.join(day_dir, f"part-{part:05d}{_SUFFIXES[log_format]}")
+            write_rows(path, table[bounds[part]:bounds[part + 1]], log_format, names)
             paths.append(path)
     return paths

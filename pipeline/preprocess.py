@@ -1,16 +1,18 @@
 """The Beam job that turns one day of raw logs into TFRecords, rejected rows and a manifest.
 
-    logs/dt=D/*.jsonl[.gz] ─ ReadLogLines ─┬ lines ─ WriteShards ─┬ tfrecords/dt=D/part-*
-                                           │                      └ rejected/dt=D/rejected-*
-                                           └ faulty files
-    (lines read, file summaries, faulty files) ─ Summarize ─ tfrecords/dt=D/_MANIFEST.json
+    logs/dt=D/*.{jsonl,csv,parquet}[.gz]
+      ─ ReadLogLines ─┬ records ─ WriteShards ─┬ tfrecords/dt=D/part-*
+                      │                        └ rejected/dt=D/rejected-*
+                      └ faulty files
+    (records read, file summaries, faulty files) ─ Summarize ─ tfrecords/dt=D/_MANIFEST.json
 
 Two runs over the same logs give byte-identical TFRecord and rejected files, and the same
-manifest but for `created_at`: rows go to shards by a hash of their file and line, each shard is
-written in (file, line) order, and the statistics are merged in shard order (`pipeline.shards`,
-`pipeline.stats`). Everything is written under temporary sibling directories and swapped into
-place only after the pipeline succeeded, its counts add up and no input file was faulty (unless
-faulty files may be skipped; see `pipeline.read_logs`); the manifest is written last.
+manifest but for `created_at`, in every format: rows go to shards by a hash of their file and
+position, each shard is written in (file, position) order, and the statistics are exact sums,
+the same in any order (`pipeline.shards`, `pipeline.stats`). Everything is written under
+temporary sibling directories and swapped into place only after the pipeline succeeded, its
+counts add up and no input file was faulty (unless faulty files may be skipped; see
+`pipeline.read_logs`); the manifest is written last.
 """
 
 from __future__ import annotations
@@ -59,8 +61,8 @@ def summarize(parts: list[tuple[str, Any]], data: DataConfig) -> dict[str, Any]:
         data: The data section of the config.
 
     Returns:
-        The statistics (`pipeline.stats.day_statistics`) plus `files`, `file_checks`,
-        `rejected_files` and `skipped_files` (see `multitower.manifest`).
+        The statistics (`pipeline.stats.day_statistics`, `defaulted` included) plus `files`,
+        `file_checks`, `rejected_files` and `skipped_files` (see `multitower.manifest`).
     """
     by_kind: dict[str, list[Any]] = defaultdict(list)
     for kind, item in parts:
@@ -95,7 +97,7 @@ def build_pipeline(
         out_dir: Where the TFRecord files and the summary file (`_STATS.json`) go.
         rejected_dir: Where the rejected rows go.
     """
-    read = p | "Inputs" >> beam.Create(inputs) | "Read" >> ReadLogLines()
+    read = p | "Inputs" >> beam.Create(inputs) | "Read" >> ReadLogLines(data)
     written = read[LINES] | "Shards" >> WriteShards(data, out_dir, rejected_dir)
     tagged = (
         read[LINES] | "CountRead" >> beam.combiners.Count.Globally()
@@ -186,7 +188,7 @@ def run_preprocess(
 def _run_preprocess(config: Config, date: str, options: PipelineOptions, skip_bad_files: bool
                     ) -> dict:
     data = config.data
-    inputs = resolve_inputs(data.logs_for(date), date)
+    inputs = resolve_inputs(data.logs_for(date), date, data.format)
     started = time.monotonic()
     _LOG.info("preprocess %s: reading %d file(s): %s", date, len(inputs), ", ".join(inputs))
 
@@ -210,6 +212,7 @@ def _run_preprocess(config: Config, date: str, options: PipelineOptions, skip_ba
             "schema_fingerprint": data.schema_fingerprint(),
             "rows": summary["rows"],
             "rejection_reasons": summary["rejection_reasons"],
+            "defaulted": summary["defaulted"],
             "files": summary["files"],
             "file_checks": summary["file_checks"],
             "rejected_files": summary["rejected_files"],

@@ -1,18 +1,29 @@
-"""Finding a day's log files, checking each can be read whole, and reading them line by line.
+"""Finding a day's log files, checking each can be read whole, and reading their records.
 
-Line numbers travel with each line so that a rejected row can be found again in its file.
+`data.format` says what the files are: JSON lines (`*.jsonl`, `*.jsonl.gz`), CSV (`*.csv`,
+`*.csv.gz`, see `pipeline.read_csv`) or Parquet (`*.parquet`, see `pipeline.read_parquet`);
+`.gz` files are decompressed. JSON lines become `LogLine`s (decoded later, where the work is
+spread over workers); CSV records and Parquet rows are decoded by their reader into `LogRow`s.
+Each carries its file and position (line, or row number in a Parquet file) so that a rejected
+row can be found again in its file, and every example keeps it as its origin.
 
 A file that cannot be read whole (unreadable, not gzip, truncated or corrupt gzip data, data after
 the gzip stream) is a fault of the file, not of its rows: none of its lines may reach the output,
 or a day would be published with part of a file. So every file is read to its end once (gzip
 decompressed, checksums verified) before any of its lines is emitted; decompressing is cheap
-next to validating JSON. A faulty file yields one `(path, fault)` pair instead of lines; the
-job then fails the day or, if asked to, publishes it without those files (`pipeline.preprocess`).
-An empty file, compressed or not, is no fault: it holds no rows.
+next to validating JSON. A file of another format must also be readable as the config says:
+a CSV file's header (`pipeline.read_csv.csv_fault`), a Parquet file's schema and pages
+(`pipeline.read_parquet.parquet_fault`). A faulty file yields one `(path, fault)` pair instead
+of records; the job then fails the day or, if asked to, publishes it without those files
+(`pipeline.preprocess`). An empty file, compressed or not, is no fault: it holds no rows.
+
+Work is split over files: each file is checked and read by one worker, then its records are
+reshuffled so that validation and encoding spread over all workers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import stat
@@ -26,12 +37,17 @@ from apache_beam.io.aws.clients.s3.messages import S3ClientError
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from multitower.config import DataConfig
 from multitower.errors import InputMissingError, MultitowerError
 from multitower.storage import is_remote
-from pipeline.validate import LogLine
+from pipeline.read_csv import csv_fault, csv_rows
+from pipeline.read_parquet import parquet_fault, parquet_rows
+from pipeline.validate import LogLine, LogRecord
 
-LOG_SUFFIXES = (".jsonl", ".jsonl.gz")
-LINES, FAULTS = "lines", "faults"  # the outputs of ReadLogLines
+FORMAT_SUFFIXES = {"jsonl": (".jsonl", ".jsonl.gz"), "csv": (".csv", ".csv.gz"),
+                   "parquet": (".parquet",)}
+LOG_SUFFIXES = FORMAT_SUFFIXES["jsonl"]
+LINES, FAULTS = "lines", "faults"  # the outputs of ReadLogLines (LINES: records of any format)
 _CHUNK = 1 << 20  # bytes read (and at most decompressed) at a time
 
 
@@ -43,13 +59,15 @@ def _absolute(path: str) -> str:
     return path if "://" in path else os.path.abspath(path)
 
 
-def resolve_inputs(pattern: str, date: str) -> list[str]:
+def resolve_inputs(pattern: str, date: str, log_format: str = "jsonl") -> list[str]:
     """The log files of one day, sorted.
 
     Args:
-        pattern: `config.data.logs_for(date)`: a directory (every `*.jsonl` and `*.jsonl.gz` file
-            in it is read) or a glob (every matching file is read).
+        pattern: `config.data.logs_for(date)`: a directory (every file in it with a suffix of
+            the format, e.g. `*.jsonl` and `*.jsonl.gz`, is read) or a glob (every matching file
+            is read, as the format says).
         date: The day, only to name it in errors.
+        log_format: `data.format`: `jsonl`, `csv` or `parquet` (see `FORMAT_SUFFIXES`).
 
     Returns:
         Absolute paths (or URLs), sorted.
@@ -62,12 +80,14 @@ def resolve_inputs(pattern: str, date: str) -> list[str]:
             " AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)" if is_remote(pattern) else "")
     if tf.io.gfile.isdir(pattern):
         base = pattern.rstrip("/")
-        files = [p for suffix in LOG_SUFFIXES for p in tf.io.gfile.glob(f"{base}/*{suffix}")
+        suffixes = FORMAT_SUFFIXES[log_format]
+        files = [p for suffix in suffixes for p in tf.io.gfile.glob(f"{base}/*{suffix}")
                  if not tf.io.gfile.isdir(p)]
         if not files:
             raise InputMissingError(
                 f"no input logs for {date}: the directory {pattern} holds no "
-                f"{' or '.join('*' + s for s in LOG_SUFFIXES)} file{hint}")
+                f"{' or '.join('*' + s for s in suffixes)} file (data.format is "
+                f"{log_format}){hint}")
     else:
         files = [p for p in tf.io.gfile.glob(pattern) if not tf.io.gfile.isdir(p)]
         if not files:
@@ -170,35 +190,87 @@ def file_fault(path: str) -> str | None:
     return None
 
 
-class _ReadLinesFn(beam.DoFn):
-    """Path -> `LogLine`s, or a `(path, fault)` on the FAULTS output."""
+@contextlib.contextmanager
+def _open(path: str) -> Iterator[BinaryIO]:
+    """The file's bytes, decompressed if its name ends with `.gz`; both closed on exit."""
+    # UNCOMPRESSED: Beam's own gzip reader splits lines in Python; GzipFile iterates them in C.
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
+        if not path.endswith(".gz"):
+            yield raw
+            return
+        with gzip.GzipFile(fileobj=raw, mode="rb") as unzipped:  # leaves `raw` open
+            yield unzipped
 
-    def process(self, path: str) -> Iterator[LogLine | beam.pvalue.TaggedOutput]:
+
+def format_fault(path: str, data: DataConfig) -> str | None:
+    """Why a file that can be read whole cannot be read as `data.format` says, or None.
+
+    Args:
+        path: A file `file_fault` passed.
+        data: The data section of the config.
+
+    Returns:
+        None for JSON lines, a CSV header fault (`csv_fault`), or a Parquet fault
+        (`parquet_fault`), or `unreadable: ...`.
+    """
+    if data.format == "jsonl":
+        return None
+    try:
+        with _open(path) as handle:
+            if data.format == "csv":
+                return csv_fault(handle, data)
+            return parquet_fault(handle, data)
+    except OSError as err:
+        return f"unreadable: {err.strerror or err}"
+
+
+class _ReadRecordsFn(beam.DoFn):
+    """Path -> its records (`LogLine`s or `LogRow`s), or a `(path, fault)` on the FAULTS output."""
+
+    def __init__(self, data: DataConfig | None) -> None:
+        self._data = data
+
+    def process(self, path: str) -> Iterator[LogRecord | beam.pvalue.TaggedOutput]:
+        data = self._data
         fault = file_fault(path)
+        if fault is None and data is not None:
+            fault = format_fault(path, data)
         if fault is not None:
             yield beam.pvalue.TaggedOutput(FAULTS, (path, fault))
             return
         # Errors from here on (the file changed since the check, a network failure) fail the
-        # bundle, whose lines are then discarded: Beam retries it or fails the job.
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
-            # Beam's own gzip reader splits lines in Python; GzipFile iterates lines in C.
-            handle = gzip.GzipFile(fileobj=raw, mode="rb") if path.endswith(".gz") else raw
-            for number, line in enumerate(handle, start=1):
-                yield LogLine(path, number, line.rstrip(b"\r\n"))
+        # bundle, whose records are then discarded: Beam retries it or fails the job.
+        with _open(path) as handle:
+            if data is None or data.format == "jsonl":
+                for number, line in enumerate(handle, start=1):
+                    yield LogLine(path, number, line.rstrip(b"\r\n"))
+            elif data.format == "csv":
+                yield from csv_rows(handle, path, data)
+            else:
+                yield from parquet_rows(handle, path, data)
 
 
 class ReadLogLines(beam.PTransform):
-    """Reads the files named by a PCollection of paths into `LogLine`s, checking each first.
+    """Reads the files named by a PCollection of paths into records, checking each file first.
 
-    Files are decompressed by their `.gz` extension. Outputs a dict: `LINES` holds the
-    `LogLine`s of every file that could be read whole, `FAULTS` a `(path, fault)` pair for
-    every file that could not (see `file_fault`); none of a faulty file's lines is emitted.
-    Each file is read by one worker, so the lines are reshuffled afterwards to spread
-    validation and encoding over all workers.
+    Files are decompressed by their `.gz` extension. Outputs a dict: `LINES` holds the records
+    (`LogLine`s of JSON lines, `LogRow`s of CSV or Parquet) of every file that could be read
+    whole, `FAULTS` a `(path, fault)` pair for every file that could not (see `file_fault`,
+    `format_fault`); none of a faulty file's records is emitted. Each file is read by one
+    worker, so the records are reshuffled afterwards to spread validation and encoding over all
+    workers.
+
+    Args:
+        data: The data section of the config, whose `format` says how to read the files;
+            None reads JSON lines.
     """
 
+    def __init__(self, data: DataConfig | None = None) -> None:
+        super().__init__()
+        self._data = data
+
     def expand(self, paths: beam.PCollection[str]) -> dict[str, beam.PCollection]:
-        read = paths | "CheckAndRead" >> beam.ParDo(_ReadLinesFn()).with_outputs(
+        read = paths | "CheckAndRead" >> beam.ParDo(_ReadRecordsFn(self._data)).with_outputs(
             FAULTS, main=LINES)
         return {LINES: read[LINES] | "Spread" >> beam.Reshuffle(), FAULTS: read[FAULTS]}
 

@@ -3,12 +3,12 @@
 Beam's own sinks give a row to whichever shard its bundle lands in, and write rows in arrival
 order, so the same logs made different files from run to run (and the same config and seed then
 trained different weights). Here a row's shard is a hash of where it came from, its log file and
-line (`shard_of`), and each shard is written by one `DoFn` from all its rows, sorted by (file,
-line). Two runs over the same logs therefore write byte-identical files, on any runner and with
-any number of workers:
+position (line, or row number in a Parquet file: `shard_of`), and each shard is written by one
+`DoFn` from all its rows, sorted by (file, position). Two runs over the same logs therefore
+write byte-identical files, on any runner and with any number of workers:
 
-    LogLine ─ CheckRows ─┬ (shard, written row)  ─ CoGroupByKey with every shard index ─ write
-                         └ (shard, rejection)    ─ GroupByKey ─ write (only shards with rows)
+    LogLine/LogRow ─ CheckRows ─┬ (shard, written row) ─ CoGroupByKey with every shard ─ write
+                                └ (shard, rejection)   ─ GroupByKey ─ write (shards with rows)
 
 Each writer emits a summary of its file (name, rows, size and CRC32C, statistics of its rows)
 for the manifest. A shard's rows are sorted in the memory of one worker: keep a shard to a few
@@ -32,7 +32,7 @@ from multitower.checksums import RunningChecksum
 from multitower.config import DataConfig
 from multitower.records import encode_example, frame_record
 from pipeline.stats import empty_shard_stats, row_values
-from pipeline.validate import LogLine, parse_line, reason_category
+from pipeline.validate import LogRecord, RowChecker, reason_category, rejection
 
 RECORDS, REJECTED = "records", "rejected"  # the outputs of CheckRows and WriteShards
 RECORD_PREFIX, RECORD_SUFFIX = "part", ".tfrecord.gz"
@@ -63,28 +63,30 @@ def shard_name(prefix: str, index: int, num_shards: int, suffix: str) -> str:
 
 
 class _CheckRowsFn(beam.DoFn):
-    """`LogLine` -> `(shard, (source, line, example, stat values))`, or a keyed rejection.
+    """A record -> `(shard, (source, line, example, stat values, defaulted))`, or a rejection.
 
-    The same check as `pipeline.validate.ValidateRows` (`parse_line`), but a written row keeps
+    The same check as `pipeline.validate.ValidateRows` (`RowChecker`), but a written row keeps
     its origin here: the shard, the sort order and the example's origin fields all need it.
     Rejections have `ValidateRows`'s form: `{"source", "line", "reason", "raw"}`.
     """
 
     def __init__(self, data: DataConfig) -> None:
         self._data = data
+        self._checker: RowChecker | None = None
 
-    def process(self, element: LogLine) -> Iterator[Any]:
-        source, number, text = element
+    def setup(self) -> None:
+        self._checker = RowChecker(self._data)
+
+    def process(self, element: LogRecord) -> Iterator[Any]:
+        source, number = element.source, element.line
         shard = shard_of(source, number, self._data.num_shards)
-        row, reason = parse_line(text, self._data)
+        row, reason, defaulted = self._checker.check(element)
         if reason is None:
             # Encoded here, in parallel, so that the shard's writer only sorts and writes.
             example = encode_example(row, self._data, origin=(source, number))
-            yield shard, (source, number, example, row_values(row, self._data))
+            yield shard, (source, number, example, row_values(row, self._data), defaulted)
             return
-        raw = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
-        yield beam.pvalue.TaggedOutput(
-            REJECTED, (shard, {"source": source, "line": number, "reason": reason, "raw": raw}))
+        yield beam.pvalue.TaggedOutput(REJECTED, (shard, rejection(element, reason)))
 
 
 class _GzipWriter:
@@ -146,8 +148,8 @@ class _WriteRecordShardFn(beam.DoFn):
         rows = sorted(grouped["rows"], key=lambda row: (row[0], row[1]))
         name = shard_name(RECORD_PREFIX, shard, self._data.num_shards, RECORD_SUFFIX)
         stats = empty_shard_stats(self._data)
-        for *_, values in rows:  # in the shard's fixed order: the float sums come out the same
-            stats.add(values)
+        for _, _, _, values, defaulted in rows:  # in the shard's fixed order
+            stats.add(values, defaulted)
         size, crc = write_records(f"{self._directory}/{name}", (row[2] for row in rows))
         yield {"shard": shard, "file": name, "rows": len(rows), "bytes": size, "crc32c": crc,
                "stats": stats}
@@ -165,14 +167,14 @@ class _WriteRejectedShardFn(beam.DoFn):
         ordered = sorted(rejections, key=lambda r: (r["source"], r["line"]))
         name = shard_name(REJECTED_PREFIX, shard, self._num_shards, REJECTED_SUFFIX)
         with _create(f"{self._directory}/{name}") as handle:
-            for rejection in ordered:
-                handle.write((json.dumps(rejection) + "\n").encode())
+            for entry in ordered:
+                handle.write((json.dumps(entry) + "\n").encode())
         reasons = Counter(reason_category(r["reason"]) for r in ordered)
         yield {"shard": shard, "file": name, "rows": len(ordered), "reasons": dict(reasons)}
 
 
 class WriteShards(beam.PTransform):
-    """Validates `LogLine`s and writes the day's TFRecord and rejected files, deterministically.
+    """Validates records (`LogLine`s, `LogRow`s) and writes the day's files, deterministically.
 
     Every one of the `data.num_shards` TFRecord files is written, empty or not; a rejected file
     is written only for a shard with rejections (an empty file on S3 fails in Beam's writer,
@@ -192,7 +194,7 @@ class WriteShards(beam.PTransform):
         super().__init__()
         self._data, self._records_dir, self._rejected_dir = data, records_dir, rejected_dir
 
-    def expand(self, lines: beam.PCollection[LogLine]) -> dict[str, beam.PCollection]:
+    def expand(self, lines: beam.PCollection[LogRecord]) -> dict[str, beam.PCollection]:
         n = self._data.num_shards
         checked = lines | "CheckRows" >> beam.ParDo(_CheckRowsFn(self._data)).with_outputs(
             REJECTED, main=RECORDS)

@@ -3,13 +3,16 @@
 The trainer freezes the numeric means and standard deviations into the model's normalization
 layers when it first creates the model, so they are computed over the rows actually written.
 
-The same logs must give the same manifest, byte for byte, whatever the runner and however it
-splits the work into bundles. Floating-point sums depend on their order, so the moments are not
-a Beam combiner (whose merge order follows the bundles): each shard's rows are added in the
-shard's fixed (source, line) order as the shard is written (`ShardStats`), and the shards are
-merged in shard order (`day_statistics`). Counts, minima and maxima are exact in any order.
-Moments are merged with Chan et al.'s pairwise update, which stays accurate on large, offset
-values (a naive sum of squares loses the variance there).
+The same logs must give the same manifest, byte for byte, whatever the runner, however it
+splits the work into bundles, and whatever the log format (the same day as JSON lines, CSV or
+Parquet lands in other shards, its files being named otherwise). Floating-point sums depend on
+their order, so the moments are kept exactly instead (`Moments`): every float is an integer
+multiple of 2**-1074, so sums of values and of their squares are kept as Python integers in
+that unit, and merging is integer addition, the same in any order. The mean and the standard
+deviation are rounded once, at the end, from the exact sums: no cancellation on large, offset
+values either (where a float sum of squares loses the variance). Counts, minima and maxima are
+exact in any order too. Each shard's statistics are still fed in the shard's fixed row order
+(`ShardStats`) and merged in shard order (`day_statistics`), which costs nothing.
 """
 
 from __future__ import annotations
@@ -21,41 +24,51 @@ from typing import Any
 
 from multitower.config import DataConfig
 
+# Every finite float is an integer times 2**-1074 (the smallest subnormal).
+_SHIFT = 1074
+
 
 class Moments:
-    """Count, mean, sum of squared deviations, min and max of a stream of numbers."""
+    """Count, exact sum and sum of squares, min and max of a stream of finite numbers."""
 
-    __slots__ = ("count", "mean", "m2", "low", "high")
+    __slots__ = ("count", "total", "squares", "low", "high")
 
     def __init__(self) -> None:
-        self.count, self.mean, self.m2 = 0, 0.0, 0.0
+        self.count, self.total, self.squares = 0, 0, 0  # sums in units of 2**-1074 (squared)
         self.low, self.high = math.inf, -math.inf
 
     def add(self, x: float) -> None:
-        """Adds one number (Welford's update)."""
+        """Adds one finite number, exactly."""
+        numerator, denominator = float(x).as_integer_ratio()  # denominator: a power of two
+        shift = _SHIFT - (denominator.bit_length() - 1)
         self.count += 1
-        delta = x - self.mean
-        self.mean += delta / self.count
-        self.m2 += delta * (x - self.mean)
-        self.low, self.high = min(self.low, x), max(self.high, x)
+        self.total += numerator << shift
+        self.squares += (numerator * numerator) << (2 * shift)
+        if x < self.low:
+            self.low = x
+        if x > self.high:
+            self.high = x
 
     def merge(self, other: Moments) -> None:
-        """Adds every number `other` has seen (Chan et al.'s pairwise update)."""
-        if other.count == 0:
-            return
-        total = self.count + other.count
-        delta = other.mean - self.mean
-        self.mean += delta * other.count / total
-        self.m2 += other.m2 + delta * delta * self.count * other.count / total
-        self.count = total
+        """Adds every number `other` has seen; the result does not depend on the order."""
+        self.count += other.count
+        self.total += other.total
+        self.squares += other.squares
         self.low, self.high = min(self.low, other.low), max(self.high, other.high)
 
     def summary(self) -> dict[str, Any]:
-        """`count`, `mean`, population `std`, `min`, `max`; None for each but count if empty."""
-        if self.count == 0:
+        """`count`, `mean`, population `std`, `min`, `max`; None for each but count if empty.
+
+        The mean and the variance are each rounded once from the exact sums (Python's
+        integer division is correctly rounded), so equal multisets of numbers give equal bits.
+        """
+        n = self.count
+        if n == 0:
             return {"count": 0, "mean": None, "std": None, "min": None, "max": None}
-        return {"count": self.count, "mean": self.mean, "std": math.sqrt(self.m2 / self.count),
-                "min": self.low, "max": self.high}
+        mean = self.total / (n << _SHIFT)
+        variance = (self.squares * n - self.total * self.total) / ((n * n) << (2 * _SHIFT))
+        return {"count": n, "mean": mean, "std": math.sqrt(variance),
+                "min": float(self.low), "max": float(self.high)}
 
 
 def _columns(data: DataConfig) -> list[str]:
@@ -84,18 +97,26 @@ class ShardStats:
         width: The number of values per row (`len(row_values(...))`).
     """
 
-    __slots__ = ("rows", "moments")
+    __slots__ = ("rows", "moments", "defaulted")
 
     def __init__(self, width: int) -> None:
         self.rows = 0
         self.moments = [Moments() for _ in range(width)]
+        self.defaulted: Counter[str] = Counter()  # values that took their default, by feature
 
-    def add(self, values: tuple[float | None, ...]) -> None:
-        """Adds one written row, given as `row_values(row, data)`."""
+    def add(self, values: tuple[float | None, ...], defaulted: Iterable[str] = ()) -> None:
+        """Adds one written row.
+
+        Args:
+            values: `row_values(row, data)`.
+            defaulted: The features that took their default in the row (see
+                `pipeline.validate.RowChecker`).
+        """
         self.rows += 1
         for moments, value in zip(self.moments, values, strict=True):
             if value is not None:  # an optional label may be missing
                 moments.add(value)
+        self.defaulted.update(defaulted)
 
 
 def empty_shard_stats(data: DataConfig) -> ShardStats:
@@ -119,11 +140,14 @@ def day_statistics(
     Returns:
         `rows` (`read`/`written`/`rejected`), `rejection_reasons` (sorted by reason), `numeric`
         (count/mean/population std/min/max per numeric feature, over written rows) and `labels`
-        (count/mean/min/max per task name, over written rows that have the label).
+        (count/mean/min/max per task name, over written rows that have the label), and
+        `defaulted` (per feature that declares a default, in config order: the written rows in
+        which it took its default).
     """
     merged = empty_shard_stats(data)
     for _, shard in sorted(shards, key=lambda item: item[0]):
         merged.rows += shard.rows
+        merged.defaulted.update(shard.defaulted)
         for total, part in zip(merged.moments, shard.moments, strict=True):
             total.merge(part)
     by_column = dict(zip(_columns(data), merged.moments, strict=True))
@@ -134,4 +158,5 @@ def day_statistics(
         "numeric": {f.name: by_column[f.name].summary() for f in data.numeric},
         "labels": {t.name: {k: v for k, v in by_column[t.label_column].summary().items()
                             if k != "std"} for t in data.tasks},
+        "defaulted": {name: merged.defaulted[name] for name in data.defaults},
     }

@@ -1,10 +1,14 @@
-"""Row validation: a raw log line either becomes a clean row of the configured columns or a reason.
+"""Row validation: a raw record either becomes a clean row of the configured columns or a reason.
 
-Lines are decoded by `multitower.rows.decode_line` and rows checked by `multitower.rows.check_row`
-(values by `multitower.values.check_value`), the functions prediction uses too. Reasons name the
-key and what was wrong, `field 'item_price': expected a number, got str 'abc'`, so that a
-rejected row can be fixed at its source. `reason_category` strips the specifics (the offending
-value) so that the manifest can count rejections per kind of problem.
+Every format takes the same path. A JSON line is decoded by `multitower.rows.decode_line`; a CSV
+record or a Parquet row is decoded by its reader (`pipeline.read_csv`, `pipeline.read_parquet`)
+into the same kind of object. Then a missing or null value of a feature that declares a
+`default:` takes it (`multitower.rows.fill_defaults`), and the row is checked by
+`multitower.rows.check_row` (values by `multitower.values.check_value`), the functions
+prediction uses too. Reasons name the key and what was wrong,
+`field 'item_price': expected a number, got str 'abc'`, so that a rejected row can be fixed at
+its source. `reason_category` strips the specifics (the offending value) so that the manifest
+can count rejections per kind of problem.
 
 The functions here are pure (no Beam) so that they are cheap to test and to reuse; the Beam
 transform that applies them to a PCollection is `ValidateRows`.
@@ -12,23 +16,43 @@ transform that applies them to a PCollection is `ValidateRows`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import apache_beam as beam
 
 from multitower.config import DataConfig
-from multitower.rows import Column, check_row, decode_line
+from multitower.rows import Column, check_row, decode_line, fill_defaults
 
 REJECTED_TAG = "rejected"
 
 
 class LogLine(NamedTuple):
-    """One line of an input file, with where it came from (line numbers start at 1)."""
+    """One line of a JSON lines file, with where it came from (line numbers start at 1)."""
 
     source: str
     line: int
     text: bytes
+
+
+class LogRow(NamedTuple):
+    """One record of a CSV or Parquet file, already decoded by its reader.
+
+    `line` is the position: for CSV the line the record starts on, for Parquet the row number
+    in the file, each from 1 (the origin every example carries, see `multitower.origin`).
+    These formats have one kind of missing value (an empty CSV cell, a Parquet null), so a
+    None in `row` counts as an absent key: `missing field 'x'` as for a key a JSON line lacks.
+    """
+
+    source: str
+    line: int
+    row: dict[str, Any] | None  # the decoded values by column (None: see `reason`)
+    reason: str | None  # why the record could not be decoded, or None
+    raw: bytes | None  # the record as written (CSV); None: render `row` as JSON (Parquet)
+
+
+LogRecord = LogLine | LogRow
 
 
 def columns(data: DataConfig) -> list[Column]:
@@ -37,20 +61,81 @@ def columns(data: DataConfig) -> list[Column]:
         Column(t.label_column, t.type, t.optional, t.min, t.max) for t in data.tasks]
 
 
-def validate_row(row: object, data: DataConfig) -> tuple[dict[str, Any] | None, str | None]:
-    """Checks a decoded JSON value against the configured features and task labels.
+class RowChecker:
+    """Decodes (JSON lines) and checks records of any format against a config.
 
     Args:
-        row: A decoded JSON value; it must be an object holding every configured column.
+        data: The data section of the config.
+    """
+
+    def __init__(self, data: DataConfig) -> None:
+        self._columns = columns(data)
+        self._defaults = data.defaults
+
+    def check_decoded(self, row: object) -> tuple[dict[str, Any] | None, str | None,
+                                                  tuple[str, ...]]:
+        """Fills defaults into a decoded row and checks it.
+
+        Args:
+            row: A decoded row (an object holding the columns), as `decode_line` gives it.
+
+        Returns:
+            `(clean_row, None, defaulted)` or `(None, reason, ())`, where `defaulted` names the
+            features that took their default.
+        """
+        filled, defaulted = fill_defaults(row, self._defaults)
+        clean, reason = check_row(filled, self._columns)
+        if reason is not None:
+            return None, reason, ()
+        return clean, None, defaulted
+
+    def check(self, record: LogRecord) -> tuple[dict[str, Any] | None, str | None,
+                                                 tuple[str, ...]]:
+        """`check_decoded` of a record, decoded first if it is a JSON line."""
+        if isinstance(record, LogLine):
+            row, reason = decode_line(record.text)
+        else:
+            row, reason = record.row, record.reason
+            if reason is None:
+                row = {name: value for name, value in row.items() if value is not None}
+        if reason is not None:
+            return None, reason, ()
+        return self.check_decoded(row)
+
+
+def raw_text(record: LogRecord) -> str:
+    """A record as a rejection shows it: the line or CSV record as text, a Parquet row as JSON.
+
+    Undecodable bytes are replaced (U+FFFD), so that the rejection can be written as JSON.
+    """
+    text = record.text if isinstance(record, LogLine) else record.raw
+    if text is None:
+        return json.dumps(record.row, ensure_ascii=False)
+    return text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+
+
+def rejection(record: LogRecord, reason: str) -> dict[str, Any]:
+    """The rejected file's entry for a record: `{"source", "line", "reason", "raw"}`."""
+    return {"source": record.source, "line": record.line, "reason": reason,
+            "raw": raw_text(record)}
+
+
+def validate_row(row: object, data: DataConfig) -> tuple[dict[str, Any] | None, str | None]:
+    """Checks a decoded row against the configured features and task labels.
+
+    Args:
+        row: A decoded JSON value; it must be an object holding every configured column that
+            declares no default.
         data: The data section of the config.
 
     Returns:
         `(clean_row, None)` where `clean_row` holds only the configured columns (floats as
         `float`, labels as 0.0/1.0 or a float; None for a missing label of an `optional`
-        task), or `(None, reason)` for the first fault in column name order. Extra columns
-        are ignored.
+        task; a feature's default where its value was missing or null), or `(None, reason)`
+        for the first fault in column name order. Extra columns are ignored.
     """
-    return check_row(row, columns(data))
+    clean, reason, _ = RowChecker(data).check_decoded(row)
+    return clean, reason
 
 
 def parse_line(line: str | bytes, data: DataConfig) -> tuple[dict[str, Any] | None, str | None]:
@@ -66,7 +151,7 @@ def reason_category(reason: str) -> str:
 
     `field 'item_price': expected a number, got str 'abc'` becomes
     `field 'item_price': expected a number`; `invalid JSON: Expecting value: ...` becomes
-    `invalid JSON`.
+    `invalid JSON`; `wrong number of cells: 16, ...` becomes `wrong number of cells`.
     """
     if reason.startswith("field "):
         return reason.split(", got ", 1)[0]
@@ -76,11 +161,11 @@ def reason_category(reason: str) -> str:
 
 
 class ValidateRows(beam.PTransform):
-    """Splits `LogLine`s into clean rows and rejections.
+    """Splits records (`LogLine`s or `LogRow`s) into clean rows and rejections.
 
     Output is a tuple-like object with two PCollections: `.valid` holds clean row dicts (see
-    `validate_row`), `.rejected` holds dicts `{"source", "line", "reason", "raw"}` where `raw`
-    is the original line as text (undecodable bytes replaced).
+    `validate_row`), `.rejected` holds dicts `{"source", "line", "reason", "raw"}` (see
+    `rejection`).
 
     Args:
         data: The data section of the config.
@@ -90,7 +175,7 @@ class ValidateRows(beam.PTransform):
         super().__init__()
         self._data = data
 
-    def expand(self, lines: beam.PCollection[LogLine]) -> beam.pvalue.DoOutputsTuple:
+    def expand(self, lines: beam.PCollection[LogRecord]) -> beam.pvalue.DoOutputsTuple:
         return lines | "Validate" >> beam.ParDo(_ValidateFn(self._data)).with_outputs(
             REJECTED_TAG, main="valid")
 
@@ -98,13 +183,14 @@ class ValidateRows(beam.PTransform):
 class _ValidateFn(beam.DoFn):
     def __init__(self, data: DataConfig) -> None:
         self._data = data
+        self._checker: RowChecker | None = None
 
-    def process(self, element: LogLine) -> Iterator[Any]:
-        source, number, text = element
-        row, reason = parse_line(text, self._data)
+    def setup(self) -> None:
+        self._checker = RowChecker(self._data)
+
+    def process(self, element: LogRecord) -> Iterator[Any]:
+        row, reason, _ = self._checker.check(element)
         if reason is None:
             yield row
             return
-        raw = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
-        yield beam.pvalue.TaggedOutput(
-            REJECTED_TAG, {"source": source, "line": number, "reason": reason, "raw": raw})
+        yield beam.pvalue.TaggedOutput(REJECTED_TAG, rejection(element, reason))

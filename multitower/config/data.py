@@ -1,18 +1,35 @@
 """`data:`: the logs of a day, the columns they hold, and where the preprocessed day goes.
 
-Columns are features and task labels; each has a kind the value checker knows.
+Columns are features and task labels; each has a kind the value checker knows. Logs are JSON
+lines, CSV (`data.csv` says how it is written) or Parquet (`data.format`). A feature may
+declare a `default:`, a value of its dtype (checked here, when the config is loaded) that a
+missing or null value takes instead of rejecting its row.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from multitower.config.fields import NonNegativeFloat, PositiveFloat, PositiveInt, Strict
 from multitower.origin import ORIGIN_FIELDS, RESERVED_PREFIX
+from multitower.values import check_value
+
+# A default as YAML gives it; `_check_default` then holds it to the feature's dtype (bool is
+# listed so that `default: true` gets the value checker's words, not a union error).
+DefaultValue = str | bool | int | float | None
+LOG_FORMATS = ("jsonl", "csv", "parquet")
+
+
+def _check_default(name: str, dtype: str, value: Any) -> None:
+    if value is None:
+        return
+    _, reason = check_value(name, value, dtype)
+    if reason is not None:
+        raise ValueError(f"default: {reason.split(': ', 1)[1]} (the feature's dtype is {dtype})")
 
 
 class CategoricalFeature(Strict):
@@ -28,6 +45,12 @@ class CategoricalFeature(Strict):
     hash_buckets: PositiveInt
     embedding_dim: PositiveInt
     embedding_table: Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+$")] | None = None
+    default: DefaultValue = None  # what a missing or null value becomes; None: reject the row
+
+    @model_validator(mode="after")
+    def _default_fits(self) -> CategoricalFeature:
+        _check_default(self.name, self.dtype, self.default)
+        return self
 
     @property
     def table(self) -> str:
@@ -41,6 +64,12 @@ class NumericFeature(Strict):
     name: str
     type: Literal["numeric"]
     dtype: Literal["float32", "int64"] = "float32"
+    default: DefaultValue = None  # what a missing or null value becomes; None: reject the row
+
+    @model_validator(mode="after")
+    def _default_fits(self) -> NumericFeature:
+        _check_default(self.name, self.dtype, self.default)
+        return self
 
 
 Feature = Annotated[CategoricalFeature | NumericFeature, Field(discriminator="type")]
@@ -87,11 +116,40 @@ class Task(Strict):
         return self
 
 
+OneCharacter = Annotated[str, Field(min_length=1, max_length=1)]
+
+
+class CsvOptions(Strict):
+    """How CSV logs are written (`data.csv`, with `data.format: csv`).
+
+    Without `columns`, the first record of every file is its header, naming the columns; with
+    `columns`, files have no header and every record is data, its cells in that order. Cells
+    are quoted as RFC 4180 says: `quotechar` around a cell, doubled inside it.
+    """
+
+    columns: Annotated[list[str], Field(min_length=1)] | None = None
+    delimiter: OneCharacter = ","
+    quotechar: OneCharacter = '"'
+
+    @model_validator(mode="after")
+    def _distinct(self) -> CsvOptions:
+        for key in ("delimiter", "quotechar"):
+            if getattr(self, key) in "\r\n":
+                raise ValueError(f"{key} may not be a line break")
+        if self.delimiter == self.quotechar:
+            raise ValueError(f"delimiter and quotechar must differ, both are {self.delimiter!r}")
+        if self.columns is not None and len(set(self.columns)) != len(self.columns):
+            twice = sorted({c for c in self.columns if self.columns.count(c) > 1})
+            raise ValueError(f"columns names {twice} more than once")
+        return self
+
+
 class DataConfig(Strict):
     """Where a day's logs are, what they hold, and where the preprocessed day goes."""
 
     logs: str  # a directory or glob with a `{date}` placeholder, e.g. logs/dt={date}
-    format: Literal["jsonl"] = "jsonl"
+    format: Literal["jsonl", "csv", "parquet"] = "jsonl"
+    csv: CsvOptions | None = None  # format csv only; None: a header row, ',' and '"'
     tfrecords: str
     rejected: str
     num_shards: PositiveInt = 4
@@ -121,6 +179,7 @@ class DataConfig(Strict):
         if reserved:  # every example carries its origin under these names
             raise ValueError(f"column names may not start with {RESERVED_PREFIX!r}, got "
                              f"{reserved}")
+        self._check_csv()
         names = [t.name for t in self.tasks]
         if len(set(names)) != len(names):
             raise ValueError(f"task names must be unique, got {names}")
@@ -143,6 +202,39 @@ class DataConfig(Strict):
                                  f"{table!r}, which has its own table {owner.table!r}")
         return self
 
+    def _check_csv(self) -> None:
+        if self.csv is None:
+            return
+        if self.format != "csv":
+            raise ValueError(f"csv applies to format csv only, and the format is {self.format}")
+        if self.csv.columns is not None:
+            lacking = [c for c in self.required_columns if c not in self.csv.columns]
+            if lacking:
+                raise ValueError(f"csv.columns lacks {lacking}, which have no default")
+
+    @property
+    def csv_options(self) -> CsvOptions:
+        """`data.csv`, or the defaults: a header row, `,` between cells, `"` around them."""
+        return self.csv or CsvOptions()
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """Default value by feature name, as records hold it (`float` for float32), config order.
+
+        Only features that declare one.
+        """
+        return {f.name: check_value(f.name, f.default, f.dtype)[0]
+                for f in self.features if f.default is not None}
+
+    @property
+    def required_columns(self) -> list[str]:
+        """The columns every log file must hold, in config order.
+
+        Features without a default, and the labels of tasks that are not `optional`.
+        """
+        return [f.name for f in self.features if f.default is None] + [
+            t.label_column for t in self.tasks if not t.optional]
+
     @property
     def categorical(self) -> list[CategoricalFeature]:
         return [f for f in self.features if isinstance(f, CategoricalFeature)]
@@ -155,9 +247,18 @@ class DataConfig(Strict):
         return self.logs.replace("{date}", date)
 
     def schema_fingerprint(self) -> str:
-        """A hash of what the TFRecords hold (columns, kinds, dtypes), not of model sizes."""
+        """A hash of what the TFRecords hold (columns, kinds, dtypes, defaults), not of model sizes.
+
+        A declared default is part of it: the records of a day hold it wherever the logs lacked
+        the value, so days written with another default hold other values for the same logs.
+        A feature without a default hashes as it did before defaults existed, so configs that
+        declare none keep their fingerprint (and their preprocessed days and models).
+        """
+        defaults = self.defaults
         schema = {
-            "features": [[f.name, f.type, f.dtype] for f in self.features],
+            "features": [[f.name, f.type, f.dtype]
+                         + ([["default", defaults[f.name]]] if f.name in defaults else [])
+                         for f in self.features],
             "tasks": [[t.name, t.type, t.label_column, t.optional] for t in self.tasks],
             "origin": list(ORIGIN_FIELDS),
         }

@@ -2,6 +2,8 @@
 
 import copy
 import itertools
+import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -61,15 +63,21 @@ def test_the_order_shards_arrive_in_does_not_change_a_bit(data_config, rows):
     results = {repr(day_statistics(data_config, 301, order, {}))
                for order in itertools.permutations(shards)}
     assert len(results) == 1
-    # What the fixed order guards against: merging the same parts in another order changes the
-    # last bits of the mean here.
-    means = set()
-    for order in itertools.permutations(stats for _, stats in shards):
-        total = Moments()
-        for stats in order:
-            total.merge(stats.moments[1])  # item_price
-        means.add(total.mean)
-    assert len(means) > 1
+    # The sums are exact: other cuts, the rows in reverse (the same day in another format lands
+    # in other shards) and a float sum's worst case all give the same bits, the exact mean.
+    other = _shards(rows[::-1], data_config, [5, 200])
+    assert repr(day_statistics(data_config, 301, other, {})) in results
+    prices = [Fraction(r["item_price"]) for r in rows]
+    exact = sum(prices) / len(prices)
+    mean = day_statistics(data_config, 301, shards, {})["numeric"]["item_price"]["mean"]
+    assert mean == float(exact)
+    variance = sum((p - exact) ** 2 for p in prices) / len(prices)
+    assert day_statistics(data_config, 301, shards, {})["numeric"]["item_price"]["std"] == (
+        math.sqrt(float(variance)))
+    big = Moments()
+    for x in (1e16, 1.0, -1e16):  # a float sum loses the 1
+        big.add(x)
+    assert big.summary()["mean"] == 1 / 3
 
 
 def test_no_rows_gives_empty_statistics(data_config):
