@@ -2,7 +2,7 @@
 
 Here: generate, preprocess, verify, train, evaluate, export, demo. The serving commands
 (predict, serving-config, query, serve, score) are in `serving_commands`, the Kubernetes ones
-(`k8s render`) in `k8s_commands`, the options they share in `options`.
+(`k8s render`, `submit`) in `k8s_commands`, the options they share in `options`.
 
 The top layer: nothing imports this module. A command imports the stage modules it runs inside
 its own function, so that each command loads only what it needs (a trainer worker does not load
@@ -24,6 +24,7 @@ import click
 import multitower
 from commands import serving_commands
 from commands.k8s_commands import k8s as _k8s
+from commands.k8s_commands import submit as _submit
 from commands.options import check_date_option, config_option, date_option, friendly_errors
 from multitower.config import load_config
 from multitower.dates import date_range
@@ -240,6 +241,7 @@ def demo(workdir: str, rows_per_day: int, workers: int, seed: int) -> None:
 for _command in serving_commands.COMMANDS:
     main.add_command(_command)
 main.add_command(_k8s)
+main.add_command(_submit)
 
 
 def run() -> None:

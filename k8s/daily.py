@@ -24,7 +24,17 @@ from k8s.objects import (
 from k8s.permissions import daily_permissions
 
 CONTAINER = "submit"
-DAILY_ARGS = ("submit", "daily", "--config", CONFIG_FILE, "--date", "yesterday")
+
+
+def daily_args(t: Target) -> list[str]:
+    """`multitower`'s arguments in the daily pod.
+
+    The namespace is passed explicitly: the config in the ConfigMap holds `k8s.namespace` as
+    written, while rendering or `submit --namespace` may put the CronJob and its Role in
+    another namespace, the only one the pod may create Jobs in.
+    """
+    return ["submit", "daily", "--config", CONFIG_FILE, "--namespace", t.namespace,
+            "--date", "yesterday"]
 
 
 def daily_name(t: Target) -> str:
@@ -71,7 +81,7 @@ def cron_job(t: Target) -> dict[str, Any]:
     report. A pod evicted or preempted is started again (`DisruptionTarget` is ignored).
     """
     settings = t.k8s.daily
-    container = project_container(t, CONTAINER, list(DAILY_ARGS), settings.resources)
+    container = project_container(t, CONTAINER, daily_args(t), settings.resources)
     pod = pod_spec(t, [container], settings, restart_policy="Never",
                    scratch=settings.resources.scratch, service_account=daily_name(t),
                    api_access=True)

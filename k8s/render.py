@@ -1,7 +1,7 @@
 """The objects of each step, as YAML a person can read, one file per object plus a kustomization.
 
 `step_objects` is the one list of what a step needs on the cluster (the `k8s render` command
-writes it, `submit` will apply it): the project's config ConfigMap first, then the step's own
+writes it, `submit` sends it): the project's config ConfigMap first, then the step's own
 objects. `render` joins several steps, each object once.
 """
 
