@@ -57,17 +57,29 @@ def enter_pod(spec: Mapping[str, Any]) -> None:
           f"lowerdir=/,upperdir={spec['upper']},workdir={spec['work']}")
     for system in ("/proc", "/sys", "/dev"):
         mount(system, root + system, None, _MS_BIND | _MS_REC)
+    # The image's folders a volume would hide (the checkout under /tmp, say): held aside from
+    # the pod's own root before the volumes are mounted, shown again at their path after.
+    kept = []
+    for number, path in enumerate(spec.get("keep", [])):
+        hold = f"{spec['work']}-keep-{number}"
+        os.makedirs(hold, exist_ok=True)
+        mount(root + path, hold, None, _MS_BIND | _MS_REC)
+        kept.append((hold, path))
     for source, target, read_only in spec["mounts"]:
         os.makedirs(root + target, exist_ok=True)
         mount(source, root + target, None, _MS_BIND | _MS_REC)
         if read_only:
             mount(None, root + target, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY)
+    for hold, path in kept:
+        os.makedirs(root + path, exist_ok=True)
+        mount(hold, root + path, None, _MS_BIND | _MS_REC)
     for path, text in spec["files"].items():
         Path(root + path).write_text(text)
     for path in spec["traverse"]:
         os.chmod(root + path, os.stat(root + path).st_mode | 0o001)
     if spec["read_only_root"]:
-        mount(None, root, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY)
+        for target in [root] + [root + path for _, path in kept]:  # a kept folder is image too
+            mount(None, target, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY)
     socket.sethostname(spec["hostname"])
     os.chroot(root)
     os.chdir(spec["cwd"])

@@ -398,6 +398,7 @@ def start_pod(node: Node, pod: Pod, env: Mapping[str, str], *,
         "groups": groups, "no_new_privs": context.get("allowPrivilegeEscalation") is False,
         "files": dict(files or {}), "traverse": _interpreter_folders() if uid else [],
     }
+    spec["keep"] = _hidden_image_paths(spec["mounts"])
     spec_path = folder / "pod.json"
     spec_path.write_text(json.dumps(spec))
     log = folder / "log.txt"
@@ -439,3 +440,18 @@ def sandbox_problem() -> str | None:
     if probe.returncode:
         return f"no mount namespaces here: {probe.stderr.strip()}"
     return None
+
+
+def _hidden_image_paths(mounts: list[tuple[str, str, bool]]) -> list[str]:
+    """The image's own folders (this checkout, the venv) that a pod's mount would hide.
+
+    In an image the project lives in `/opt/multitower`; here it lives wherever the checkout
+    is, e.g. under `/tmp` when CI clones into `mktemp -d`, and the pod's scratch mounted at
+    `/tmp` would hide it. The runtime shows these folders again, from the pod's own root.
+    """
+    def under(path: str, target: str) -> bool:
+        return path == target or path.startswith(target.rstrip("/") + "/")
+
+    wanted = sorted({str(REPO), os.path.realpath(sys.prefix)})
+    hidden = [p for p in wanted if any(under(p, target) for _, target, _ in mounts)]
+    return [p for p in hidden if not any(q != p and under(p, q) for q in hidden)]
