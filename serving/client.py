@@ -443,10 +443,8 @@ def one_score_per_row(name: str, values: object, address: str) -> list[float]:
     if not isinstance(values, list):
         raise ServingError(f"{address}: output {name!r} is not a list of scores: "
                            f"{type(values).__name__}")
-    scores = []
     for value in values:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ServingError(f"{address}: output {name!r} holds {value!r}, not one score "
                                f"per row; score with a signature whose outputs are (batch,)")
-        scores.append(float(value))
-    return scores
+    return [float(value) for value in values]

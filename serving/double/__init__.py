@@ -4,8 +4,9 @@ Production runs TF Serving itself; this double follows its documented protocols
 (g3doc/api_rest.md, the `tensorflow_serving/apis` protos) and its sources (messages, status
 codes, HTTP statuses, version policy, labels, warmup) closely enough that a client tested
 against it talks to TF Serving unchanged. Modules: `servable` (one loaded version),
-`models` (the version manager), `rest_json` and `rest` (the REST API), `grpc_service`
-(PredictionService and ModelService), `metrics` (Prometheus), `server` (start and stop).
+`model_config` (the config checks TF Serving makes), `models` (the version manager),
+`rest_json` and `rest` (the REST API), `grpc_service` (PredictionService and ModelService),
+`metrics` (Prometheus), `server` (start and stop).
 
 Python API (in-process, for tests and benchmarks)::
 

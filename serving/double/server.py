@@ -22,13 +22,13 @@ from multitower.errors import MultitowerError
 from multitower.storage import enable_filesystems
 from serving.double.grpc_service import create_grpc_server
 from serving.double.metrics import ServingMetrics
+from serving.double.model_config import ModelConfigError
 from serving.double.models import (
     AVAILABLE,
     END,
     ConfigReloader,
     LabelResolver,
     LoadHook,
-    ModelConfigError,
     ModelVersions,
     VersionManager,
     VersionStatus,

@@ -200,7 +200,8 @@ def test_model_config_file_is_followed(served_project, tmp_path):
 
 def test_model_config_file_refusals(tmp_path):
     from serving.double import read_model_config_file
-    from serving.double.models import ModelConfigError, VersionManager
+    from serving.double.model_config import ModelConfigError
+    from serving.double.models import VersionManager
 
     path = tmp_path / "models.config"
     path.write_text("model_config_list { config { nam: 'x' } }")
