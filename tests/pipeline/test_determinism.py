@@ -10,7 +10,6 @@ import copy
 import gzip
 import json
 import os
-from pathlib import Path
 
 import pytest
 import tensorflow as tf
@@ -23,6 +22,7 @@ from pipeline.generate import Population, generate_day
 from pipeline.preprocess import run_preprocess
 from pipeline.shards import shard_of
 from pipeline.validate import parse_line
+from tests.published_files import published_files
 
 pytestmark = pytest.mark.integration
 DATE = "2026-01-01"
@@ -31,9 +31,6 @@ RUNS = {
     "memory-again": [],
     "processes": ["--direct_running_mode=multi_processing", "--direct_num_workers=2"],
 }
-TIME_FIELDS = ("created_at",)
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, example_raw) -> dict:
     """One day of logs in three files (one with bad rows), preprocessed once per entry of RUNS."""
@@ -58,29 +55,15 @@ def runs(tmp_path_factory, example_raw) -> dict:
     return out
 
 
-def _files(root: Path) -> dict[str, bytes]:
-    """Every file under `root`, by relative path, with its bytes (the manifest's time removed)."""
-    files = {}
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        content = path.read_bytes()
-        if path.name == "_MANIFEST.json":
-            manifest = json.loads(content)
-            for key in TIME_FIELDS:
-                manifest.pop(key)
-            content = json.dumps(manifest).encode()
-        files[str(path.relative_to(root))] = content
-    return files
-
-
 def test_reruns_are_byte_identical_in_memory_and_with_processes(runs):
-    first = _files(runs["memory"]["root"])
+    first = published_files(runs["memory"]["root"])
     assert sorted(first) == sorted(
         [f"tfrecords/dt={DATE}/part-0000{i}-of-00003.tfrecord.gz" for i in range(3)]
         + [f"tfrecords/dt={DATE}/_MANIFEST.json"]
         + [f"rejected/dt={DATE}/{name}" for name in runs["memory"]["manifest"]["rejected_files"]])
     assert runs["memory"]["manifest"]["rows"] == {"read": 900, "written": 897, "rejected": 3}
     for name in ("memory-again", "processes"):
-        other = _files(runs[name]["root"])
+        other = published_files(runs[name]["root"])
         assert sorted(other) == sorted(first), name
         for path, content in first.items():
             assert other[path] == content, f"{name}: {path} differs"

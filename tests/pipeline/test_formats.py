@@ -24,6 +24,7 @@ from multitower.config import parse_config
 from multitower.origin import ORIGIN_FILE, ORIGIN_LINE
 from pipeline.generate import MISSABLE, Population, generate_day, generate_logs
 from pipeline.preprocess import run_preprocess
+from tests.published_files import published_files
 
 pytestmark = pytest.mark.integration
 DATE = "2026-04-01"
@@ -156,22 +157,10 @@ def test_each_format_rejects_the_same_rows_at_its_own_positions(runs):
 
 def test_csv_and_parquet_days_are_byte_identical_across_runs_and_runner_modes(runs):
     for first, second in (("csv.gz", "csv.gz-again"), ("parquet", "parquet-again")):
-        a, b = _files(runs[first]["root"]), _files(runs[second]["root"])
+        a, b = published_files(runs[first]["root"]), published_files(runs[second]["root"])
         assert sorted(a) == sorted(b) and len(a) >= 5
         for path, content in a.items():
             assert b[path] == content, f"{second}: {path} differs"
-
-
-def _files(root: Path) -> dict[str, bytes]:
-    files = {}
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        content = path.read_bytes()
-        if path.name == "_MANIFEST.json":
-            manifest = json.loads(content)
-            manifest.pop("created_at")
-            content = json.dumps(manifest).encode()
-        files[str(path.relative_to(root))] = content
-    return files
 
 
 def test_generated_files_are_byte_identical_and_missing_values_are_format_shaped(runs, tmp_path):
