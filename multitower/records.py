@@ -12,7 +12,10 @@ One `tf.train.Example` per accepted log row, holding the RAW values (no hashing,
 | `_origin_line` (origin)         | int64_list    | tf.int64     |
 
 Every column holds exactly one value, except the label of an `optional` task, which may be
-absent (it then parses as NaN and is masked out of that task's loss). Features are keyed by
+absent (it then parses as NaN and is masked out of that task's loss), and a list-valued
+(`multivalent`) feature, which holds its 0 to `max_length` elements in the same field kinds (a
+variable-length feature); `parse_examples` pads it to a `(batch, max_length)` tensor with the
+feature's pad value, the shape the serving signature takes it in. Features are keyed by
 their log name, labels by their label column. The serving signature takes the same names and
 dtypes. The two origin fields (`multitower.origin`) name the log file and line the example came
 from; `parse_spec` leaves them out, so training never reads them, and `origin_spec` reads them
@@ -31,7 +34,7 @@ from typing import Any
 import google_crc32c
 import tensorflow as tf
 
-from multitower.config import DataConfig
+from multitower.config import DataConfig, Feature
 from multitower.origin import ORIGIN_FILE, ORIGIN_LINE
 
 _DTYPES = {"string": tf.string, "int64": tf.int64, "float32": tf.float32}
@@ -42,14 +45,60 @@ def feature_dtype(dtype: str) -> tf.DType:
     return _DTYPES[dtype]
 
 
-def parse_spec(data: DataConfig) -> dict[str, tf.io.FixedLenFeature]:
-    """The `tf.io.parse_example` spec for features and labels, keyed by column name."""
-    spec = {f.name: tf.io.FixedLenFeature([], feature_dtype(f.dtype)) for f in data.features}
+def _feature_spec(feature: Feature) -> tf.io.FixedLenFeature | tf.io.RaggedFeature:
+    if getattr(feature, "multivalent", False):
+        return tf.io.RaggedFeature(feature_dtype(feature.dtype), row_splits_dtype=tf.int64)
+    return tf.io.FixedLenFeature([], feature_dtype(feature.dtype))
+
+
+def parse_spec(data: DataConfig) -> dict[str, tf.io.FixedLenFeature | tf.io.RaggedFeature]:
+    """The `tf.io.parse_example` spec for features and labels, keyed by column name.
+
+    A list feature parses as a `tf.RaggedTensor` (`parse_examples` pads it).
+    """
+    spec = {f.name: _feature_spec(f) for f in data.features}
     for t in data.tasks:
         # A missing optional label parses as NaN; the trainer masks NaN labels out of the loss.
         default = float("nan") if t.optional else None
         spec[t.label_column] = tf.io.FixedLenFeature([], tf.float32, default_value=default)
     return spec
+
+
+def pad_lists(parsed: dict[str, tf.Tensor], data: DataConfig) -> dict[str, tf.Tensor]:
+    """Pads every list feature of a parsed batch to `(batch, max_length)` with its pad value.
+
+    Args:
+        parsed: `tf.io.parse_example`'s output with `parse_spec` (or a part of it).
+        data: The data section of the config.
+
+    Returns:
+        `parsed` with each list feature it holds as a dense tensor (longer lists cut, which the
+        Beam job never writes).
+    """
+    padded = dict(parsed)
+    for f in data.multivalent:
+        if f.name in padded:
+            padded[f.name] = padded[f.name].to_tensor(
+                default_value=f.list_pad, shape=[None, f.max_length])
+    return padded
+
+
+def parse_examples(serialized: tf.Tensor, data: DataConfig, *, labels: bool = True
+                   ) -> dict[str, tf.Tensor]:
+    """Parses a batch of serialized Examples into dense tensors, lists padded (`pad_lists`).
+
+    Args:
+        serialized: A `(batch,)` string tensor of serialized `tf.train.Example`s.
+        data: The data section of the config.
+        labels: Parse the task labels too; False parses the features only (what a model takes).
+
+    Returns:
+        `{column: tensor}`: `(batch,)` per scalar column, `(batch, max_length)` per list feature.
+    """
+    spec = parse_spec(data)
+    if not labels:
+        spec = {f.name: spec[f.name] for f in data.features}
+    return pad_lists(tf.io.parse_example(serialized, spec), data)
 
 
 def origin_spec() -> dict[str, tf.io.FixedLenFeature]:
@@ -79,13 +128,14 @@ def encode_example(
     feature: dict[str, tf.train.Feature] = {}
     for f in data.features:
         value = row[f.name]
+        values = value if isinstance(value, list) else [value]  # a list feature: its elements
         if f.dtype == "string":
-            encoded = [value.encode()]
+            encoded = [v.encode() for v in values]
             feature[f.name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=encoded))
         elif f.dtype == "int64":
-            feature[f.name] = tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+            feature[f.name] = tf.train.Feature(int64_list=tf.train.Int64List(value=values))
         else:
-            feature[f.name] = tf.train.Feature(float_list=tf.train.FloatList(value=[value]))
+            feature[f.name] = tf.train.Feature(float_list=tf.train.FloatList(value=values))
     for t in data.tasks:
         if row[t.label_column] is None:  # a missing optional label is left out of the Example
             continue

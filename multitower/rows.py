@@ -24,7 +24,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
-from multitower.values import LongInteger, check_value
+from multitower.values import LongInteger, check_list, check_value
 
 _MAX_KEY_SHOWN = 40  # characters of a duplicated key quoted in a reason
 # Deeper rows are refused by this rule rather than by the decoder's recursion limit, which
@@ -42,6 +42,8 @@ class Column(NamedTuple):
     optional: bool = False  # may be missing or null (an optional label); then None
     low: float | None = None
     high: float | None = None
+    multivalent: bool = False  # a list of `kind` elements (see `check_list`)
+    pad: Any = None  # multivalent only: the value no element may take
 
 
 class _DuplicateKeyError(Exception):
@@ -173,7 +175,10 @@ def check_row(
             continue
         if name not in row:
             return None, f"missing field {name!r}"
-        value, reason = check_value(name, row[name], column.kind, column.low, column.high)
+        if column.multivalent:
+            value, reason = check_list(name, row[name], column.kind, column.pad)
+        else:
+            value, reason = check_value(name, row[name], column.kind, column.low, column.high)
         if reason is not None:
             return None, reason
         clean[name] = value

@@ -130,3 +130,38 @@ def check_value(
     if high is not None and number > high:
         return None, f"field {name!r}: above the maximum {_number(high)}, got {describe(value)}"
     return number, None
+
+
+def check_list(
+    name: str, value: Any, kind: str, pad: Any = None
+) -> tuple[list | None, str | None]:
+    """Checks the value of a list-valued (multivalent) feature: a list of `kind` elements.
+
+    Every element is checked, even those past the feature's `max_length` (the caller cuts the
+    list); the first bad element is the reason: `field 'tags': element 2: expected a string,
+    got int 5`. An element equal to `pad` is refused, since the model would take it for padding.
+
+    Args:
+        name: The column, to name it in the reason.
+        value: The decoded value: a list (a JSON array, a split CSV cell, a Parquet list).
+        kind: The elements' kind, `string` or `int64`.
+        pad: The feature's pad value, or None to allow every value.
+
+    Returns:
+        `(elements, None)` or `(None, reason)`.
+    """
+    if value is None:
+        return None, f"field {name!r}: null value"
+    if not isinstance(value, list):
+        return None, f"field {name!r}: expected a list, got {describe(value)}"
+    elements = []
+    for index, element in enumerate(value):
+        checked, reason = check_value(name, element, kind)
+        if reason is not None:
+            return None, reason.replace(f"field {name!r}: ", f"field {name!r}: element {index}: ",
+                                        1)
+        if pad is not None and checked == pad:
+            return None, (f"field {name!r}: element {index}: equals the pad value {pad!r}, which "
+                          f"marks padding")
+        elements.append(checked)
+    return elements, None

@@ -213,6 +213,7 @@ def _run_preprocess(config: Config, date: str, options: PipelineOptions, skip_ba
             "rows": summary["rows"],
             "rejection_reasons": summary["rejection_reasons"],
             "defaulted": summary["defaulted"],
+            **({"truncated": summary["truncated"]} if "truncated" in summary else {}),
             "files": summary["files"],
             "file_checks": summary["file_checks"],
             "rejected_files": summary["rejected_files"],

@@ -24,8 +24,13 @@ only if it has the right number of cells. Otherwise, and when no closing quote c
 unbalanced quote, and reading starts again on the line after it.
 
 A file whose header cannot be read, names a configured column twice or lacks a column that has
-no default is a bad file (`csv_fault`), found before any of its records is read. List values
-(list features, later) would be cells split by a second delimiter, in `cell_value`.
+no default is a bad file (`csv_fault`), found before any of its records is read.
+
+The cell of a list feature (`multivalent`) holds its elements split by `data.csv.list_delimiter`
+(`|` by default: `i1|i7|i3`), each converted as a cell of the feature's dtype. An empty cell is
+a missing value here too, so CSV cannot write an empty list; a feature whose rows may have
+none declares `default: []`. An empty element (`i1||i3`) is the empty string, which the value
+checker refuses as the pad value of a string list (an integer list refuses it as not a number).
 """
 
 from __future__ import annotations
@@ -272,13 +277,16 @@ def csv_rows(lines: Iterable[bytes], source: str, data: DataConfig) -> Iterator[
     else:
         names = options.columns
         expected = f"data.csv.columns names {len(names)}"
-    layout = [(c.name, names.index(c.name), c.kind) for c in columns(data) if c.name in names]
+    layout = [(c.name, names.index(c.name), c.kind, c.multivalent) for c in columns(data)
+              if c.name in names]
+    split = options.list_delimiter
     width = len(names)
     while (record := reader.read(width, expected)) is not None:
         if record.reason is not None:
             yield LogRow(source, record.line, None, record.reason, record.raw)
             continue
         cells = record.cells
-        row = {name: cell_value(cells[index], kind) for name, index, kind in layout
-               if cells[index]}
+        row = {name: [cell_value(element, kind) for element in cells[index].split(split)]
+               if multivalent else cell_value(cells[index], kind)
+               for name, index, kind, multivalent in layout if cells[index]}
         yield LogRow(source, record.line, row, None, record.raw)

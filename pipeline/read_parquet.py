@@ -22,8 +22,9 @@ valid UTF-8 rejects its row (`field 'user_id': invalid UTF-8, got bytes ...`).
 Only the configured columns are read, a record batch at a time
 (`pyarrow.parquet.ParquetFile.iter_batches`), never the whole file. A row's position is its row
 number in the file, from 1; a rejected row shows the configured columns of its row as JSON.
-List values (list features, later) would come from list columns: `_fits` and `_column_values`
-are where they would be accepted.
+A list feature (`multivalent`) is a list column (list, large_list or fixed_size_list) whose
+elements are of a type its dtype accepts above: `list<string>` for string ids. A null list is a
+missing value; a null element rejects its row (`field 'tags': element 1: null value`).
 """
 
 from __future__ import annotations
@@ -43,19 +44,40 @@ from pipeline.validate import LogRow
 BATCH_ROWS = 8192  # rows per record batch
 _NEEDS = {"string": "a string column", "int64": "an integer column",
           "float32": "an integer or float column", "regression": "an integer or float column",
-          "binary": "a boolean, integer or float column"}
+          "binary": "a boolean, integer or float column",
+          "list of string": "a list column of strings",
+          "list of int64": "a list column of integers"}
 
 
 def _roles(data: DataConfig) -> list[tuple[str, str, str]]:
-    """`(column, kind, what it is)` for every configured column, in config order."""
-    return [(f.name, f.dtype, f"feature {f.name!r} ({f.dtype})") for f in data.features] + [
+    """`(column, kind, what it is)` for every configured column, in config order.
+
+    The kind of a list feature is `list of <dtype>`.
+    """
+    roles = []
+    for f in data.features:
+        if getattr(f, "multivalent", False):
+            kind = f"list of {f.dtype}"
+            roles.append((f.name, kind, f"feature {f.name!r} (a {kind})"))
+        else:
+            roles.append((f.name, f.dtype, f"feature {f.name!r} ({f.dtype})"))
+    return roles + [
         (t.label_column, t.type, f"the label of task {t.name!r} ({t.type})") for t in data.tasks]
+
+
+def _is_list(arrow_type: pa.DataType) -> bool:
+    return (pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type)
+            or pa.types.is_fixed_size_list(arrow_type))
 
 
 def _fits(kind: str, arrow_type: pa.DataType) -> bool:
     """Whether a column of `arrow_type` can hold values of a column of kind `kind`."""
     if pa.types.is_null(arrow_type):
         return True
+    if kind.startswith("list of "):
+        return _is_list(arrow_type) and _fits(kind[len("list of "):], arrow_type.value_type)
+    if _is_list(arrow_type):
+        return False
     if pa.types.is_dictionary(arrow_type):
         arrow_type = arrow_type.value_type
     if kind == "string":
@@ -153,6 +175,8 @@ def _column_values(column: pa.Array, name: str, faults: dict[int, str]) -> list[
         return column.to_pylist()
     except UnicodeDecodeError:  # Parquet readers do not check that strings are UTF-8
         pass
+    if _is_list(column.type):
+        return _list_values(column, name, faults)
     if pa.types.is_dictionary(column.type):
         column = column.dictionary_decode()
     binary = pa.large_binary() if pa.types.is_large_string(column.type) else pa.binary()
@@ -168,6 +192,30 @@ def _column_values(column: pa.Array, name: str, faults: dict[int, str]) -> list[
             reason = f"field {name!r}: invalid UTF-8, got {describe(data)}"
             if index not in faults or reason < faults[index]:
                 faults[index] = reason
+    return values
+
+
+def _list_values(column: pa.Array, name: str, faults: dict[int, str]) -> list[Any]:
+    """A list column's values whose strings are not all UTF-8: elements decoded one by one."""
+    element = column.type.value_type
+    if pa.types.is_dictionary(element):
+        element = element.value_type
+    binary = pa.large_binary() if pa.types.is_large_string(element) else pa.binary()
+    values: list[Any] = []
+    for index, items in enumerate(column.cast(pa.list_(binary)).to_pylist()):
+        if items is None:
+            values.append(None)
+            continue
+        decoded = []
+        for position, data in enumerate(items):
+            try:
+                decoded.append(None if data is None else data.decode("utf-8"))
+            except UnicodeDecodeError:
+                decoded.append(data.decode("utf-8", "replace"))
+                reason = f"field {name!r}: element {position}: invalid UTF-8, got {describe(data)}"
+                if index not in faults or reason < faults[index]:
+                    faults[index] = reason
+        values.append(decoded)
     return values
 
 

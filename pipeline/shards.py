@@ -63,7 +63,9 @@ def shard_name(prefix: str, index: int, num_shards: int, suffix: str) -> str:
 
 
 class _CheckRowsFn(beam.DoFn):
-    """A record -> `(shard, (source, line, example, stat values, defaulted))`, or a rejection.
+    """A record -> `(shard, (source, line, example, stat values, (defaulted, truncated)))`.
+
+    Or a rejection.
 
     The same check as `pipeline.validate.ValidateRows` (`RowChecker`), but a written row keeps
     its origin here: the shard, the sort order and the example's origin fields all need it.
@@ -80,11 +82,12 @@ class _CheckRowsFn(beam.DoFn):
     def process(self, element: LogRecord) -> Iterator[Any]:
         source, number = element.source, element.line
         shard = shard_of(source, number, self._data.num_shards)
-        row, reason, defaulted = self._checker.check(element)
+        row, reason, defaulted, truncated = self._checker.check(element)
         if reason is None:
             # Encoded here, in parallel, so that the shard's writer only sorts and writes.
             example = encode_example(row, self._data, origin=(source, number))
-            yield shard, (source, number, example, row_values(row, self._data), defaulted)
+            yield shard, (source, number, example, row_values(row, self._data),
+                          (defaulted, truncated))
             return
         yield beam.pvalue.TaggedOutput(REJECTED, (shard, rejection(element, reason)))
 
@@ -148,8 +151,8 @@ class _WriteRecordShardFn(beam.DoFn):
         rows = sorted(grouped["rows"], key=lambda row: (row[0], row[1]))
         name = shard_name(RECORD_PREFIX, shard, self._data.num_shards, RECORD_SUFFIX)
         stats = empty_shard_stats(self._data)
-        for _, _, _, values, defaulted in rows:  # in the shard's fixed order
-            stats.add(values, defaulted)
+        for _, _, _, values, (defaulted, truncated) in rows:  # in the shard's fixed order
+            stats.add(values, defaulted, truncated)
         size, crc = write_records(f"{self._directory}/{name}", (row[2] for row in rows))
         yield {"shard": shard, "file": name, "rows": len(rows), "bytes": size, "crc32c": crc,
                "stats": stats}

@@ -97,26 +97,30 @@ class ShardStats:
         width: The number of values per row (`len(row_values(...))`).
     """
 
-    __slots__ = ("rows", "moments", "defaulted")
+    __slots__ = ("rows", "moments", "defaulted", "truncated")
 
     def __init__(self, width: int) -> None:
         self.rows = 0
         self.moments = [Moments() for _ in range(width)]
         self.defaulted: Counter[str] = Counter()  # values that took their default, by feature
+        self.truncated: Counter[str] = Counter()  # lists cut to max_length, by feature
 
-    def add(self, values: tuple[float | None, ...], defaulted: Iterable[str] = ()) -> None:
+    def add(self, values: tuple[float | None, ...], defaulted: Iterable[str] = (),
+            truncated: Iterable[str] = ()) -> None:
         """Adds one written row.
 
         Args:
             values: `row_values(row, data)`.
             defaulted: The features that took their default in the row (see
                 `pipeline.validate.RowChecker`).
+            truncated: The list features cut to their `max_length` in the row.
         """
         self.rows += 1
         for moments, value in zip(self.moments, values, strict=True):
             if value is not None:  # an optional label may be missing
                 moments.add(value)
         self.defaulted.update(defaulted)
+        self.truncated.update(truncated)
 
 
 def empty_shard_stats(data: DataConfig) -> ShardStats:
@@ -142,12 +146,14 @@ def day_statistics(
         (count/mean/population std/min/max per numeric feature, over written rows) and `labels`
         (count/mean/min/max per task name, over written rows that have the label), and
         `defaulted` (per feature that declares a default, in config order: the written rows in
-        which it took its default).
+        which it took its default), and with list features `truncated` (per list feature:
+        the written rows whose list was cut to `max_length`).
     """
     merged = empty_shard_stats(data)
     for _, shard in sorted(shards, key=lambda item: item[0]):
         merged.rows += shard.rows
         merged.defaulted.update(shard.defaulted)
+        merged.truncated.update(shard.truncated)
         for total, part in zip(merged.moments, shard.moments, strict=True):
             total.merge(part)
     by_column = dict(zip(_columns(data), merged.moments, strict=True))
@@ -159,4 +165,6 @@ def day_statistics(
         "labels": {t.name: {k: v for k, v in by_column[t.label_column].summary().items()
                             if k != "std"} for t in data.tasks},
         "defaulted": {name: merged.defaulted[name] for name in data.defaults},
+        **({"truncated": {f.name: merged.truncated[f.name] for f in data.multivalent}}
+           if data.multivalent else {}),
     }

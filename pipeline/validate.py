@@ -55,9 +55,24 @@ class LogRow(NamedTuple):
 LogRecord = LogLine | LogRow
 
 
+class Checked(NamedTuple):
+    """What checking a record gives: a clean row or the reason it has none, and what was done.
+
+    `defaulted` names the features that took their default, `truncated` the list features cut
+    to their `max_length`, each in config order (both empty for a refused row).
+    """
+
+    row: dict[str, Any] | None
+    reason: str | None
+    defaulted: tuple[str, ...] = ()
+    truncated: tuple[str, ...] = ()
+
+
 def columns(data: DataConfig) -> list[Column]:
     """Every feature and label column of the config, with its kind and bounds."""
-    return [Column(f.name, f.dtype) for f in data.features] + [
+    return [Column(f.name, f.dtype, multivalent=True, pad=f.list_pad)
+            if getattr(f, "multivalent", False) else Column(f.name, f.dtype)
+            for f in data.features] + [
         Column(t.label_column, t.type, t.optional, t.min, t.max) for t in data.tasks]
 
 
@@ -71,26 +86,30 @@ class RowChecker:
     def __init__(self, data: DataConfig) -> None:
         self._columns = columns(data)
         self._defaults = data.defaults
+        self._max_lengths = {f.name: f.max_length for f in data.multivalent}
 
-    def check_decoded(self, row: object) -> tuple[dict[str, Any] | None, str | None,
-                                                  tuple[str, ...]]:
+    def check_decoded(self, row: object) -> Checked:
         """Fills defaults into a decoded row and checks it.
 
         Args:
             row: A decoded row (an object holding the columns), as `decode_line` gives it.
 
         Returns:
-            `(clean_row, None, defaulted)` or `(None, reason, ())`, where `defaulted` names the
-            features that took their default.
+            `Checked(clean_row, None, defaulted, truncated)` or `Checked(None, reason)`. A list
+            longer than its feature's `max_length` keeps its first `max_length` elements.
         """
         filled, defaulted = fill_defaults(row, self._defaults)
         clean, reason = check_row(filled, self._columns)
         if reason is not None:
-            return None, reason, ()
-        return clean, None, defaulted
+            return Checked(None, reason)
+        truncated = []
+        for name, limit in self._max_lengths.items():
+            if len(clean[name]) > limit:
+                clean[name] = clean[name][:limit]
+                truncated.append(name)
+        return Checked(clean, None, defaulted, tuple(truncated))
 
-    def check(self, record: LogRecord) -> tuple[dict[str, Any] | None, str | None,
-                                                 tuple[str, ...]]:
+    def check(self, record: LogRecord) -> Checked:
         """`check_decoded` of a record, decoded first if it is a JSON line."""
         if isinstance(record, LogLine):
             row, reason = decode_line(record.text)
@@ -99,7 +118,7 @@ class RowChecker:
             if reason is None:
                 row = {name: value for name, value in row.items() if value is not None}
         if reason is not None:
-            return None, reason, ()
+            return Checked(None, reason)
         return self.check_decoded(row)
 
 
@@ -134,7 +153,7 @@ def validate_row(row: object, data: DataConfig) -> tuple[dict[str, Any] | None, 
         task; a feature's default where its value was missing or null), or `(None, reason)`
         for the first fault in column name order. Extra columns are ignored.
     """
-    clean, reason, _ = RowChecker(data).check_decoded(row)
+    clean, reason, _, _ = RowChecker(data).check_decoded(row)
     return clean, reason
 
 
@@ -189,7 +208,7 @@ class _ValidateFn(beam.DoFn):
         self._checker = RowChecker(self._data)
 
     def process(self, element: LogRecord) -> Iterator[Any]:
-        row, reason, _ = self._checker.check(element)
+        row, reason, _, _ = self._checker.check(element)
         if reason is None:
             yield row
             return

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from multitower.config import DataConfig
-from multitower.records import parse_spec, split_labels
+from multitower.records import parse_examples, split_labels
 
 
 def make_dataset(
@@ -61,10 +61,8 @@ def make_dataset(
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
-    spec = parse_spec(data)
-
     def parse(serialized: tf.Tensor) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:
-        features, labels = split_labels(tf.io.parse_example(serialized, spec), data)
+        features, labels = split_labels(parse_examples(serialized, data), data)
         return features, {name: tf.expand_dims(y, -1) for name, y in labels.items()}
 
     ds = ds.batch(batch, drop_remainder=drop_remainder)

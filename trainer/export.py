@@ -35,7 +35,7 @@ from multitower.config import Config
 from multitower.config.serving import RANKING_FLOOR, RANKING_SCORE
 from multitower.errors import MultitowerError
 from multitower.exports import model_base, version_dir
-from multitower.records import feature_dtype, parse_spec
+from multitower.records import feature_dtype, parse_examples
 from multitower.storage import rename_dir
 from multitower.tfs_requests import (
     DEFAULT_SIGNATURE,
@@ -110,6 +110,12 @@ def input_dtypes(config: Config) -> dict[str, tf.DType]:
     return {f.name: feature_dtype(f.dtype) for f in config.data.features}
 
 
+def input_shapes(config: Config) -> dict[str, list[int | None]]:
+    """`{feature: shape}` of `serving_default`'s inputs: `[None]`, lists `[None, max_length]`."""
+    return {f.name: [None, f.max_length] if getattr(f, "multivalent", False) else [None]
+            for f in config.data.features}
+
+
 def _outputs(model: keras.Model, config: Config, features: dict[str, tf.Tensor]
              ) -> dict[str, tf.Tensor]:
     outputs = model(features, training=False)
@@ -122,7 +128,8 @@ def _outputs(model: keras.Model, config: Config, features: dict[str, tf.Tensor]
 
 def serving_function(model: keras.Model, config: Config) -> tf.types.experimental.ConcreteFunction:
     """The `serving_default` concrete function over raw inputs."""
-    specs = {name: tf.TensorSpec([None], dtype, name=name)
+    shapes = input_shapes(config)
+    specs = {name: tf.TensorSpec(shapes[name], dtype, name=name)
              for name, dtype in input_dtypes(config).items()}
 
     @tf.function(input_signature=[specs])
@@ -135,21 +142,16 @@ def serving_function(model: keras.Model, config: Config) -> tf.types.experimenta
 def examples_function(model: keras.Model, config: Config
                       ) -> tf.types.experimental.ConcreteFunction:
     """The `predict_examples` concrete function over serialized `tf.train.Example`s."""
-    spec = parse_spec(config.data)
-    features_spec = {f.name: spec[f.name] for f in config.data.features}
-
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
     def score_examples(examples: tf.Tensor) -> dict[str, tf.Tensor]:
-        return _outputs(model, config, tf.io.parse_example(examples, features_spec))
+        return _outputs(model, config, parse_examples(examples, config.data, labels=False))
 
     return score_examples.get_concrete_function()
 
 
 def parse_features(config: Config, examples: Sequence[bytes]) -> dict[str, np.ndarray]:
-    """The features of serialized Examples as arrays, `{feature: (batch,)}`."""
-    spec = parse_spec(config.data)
-    parsed = tf.io.parse_example(tf.constant(list(examples), tf.string),
-                                 {f.name: spec[f.name] for f in config.data.features})
+    """The features of serialized Examples as arrays: `(batch,)`, lists `(batch, max_length)`."""
+    parsed = parse_examples(tf.constant(list(examples), tf.string), config.data, labels=False)
     return {name: tensor.numpy() for name, tensor in parsed.items()}
 
 

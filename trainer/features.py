@@ -12,6 +12,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from multitower.config import DataConfig, EmbeddingsConfig
+from multitower.config.data import COMBINERS
 from multitower.records import feature_dtype
 from trainer.embeddings import PartitionedEmbedding
 
@@ -97,10 +98,48 @@ class Standardize(keras.layers.Layer):
         return {**super().get_config(), "mean": self.mean, "std": self.std}
 
 
+@keras.utils.register_keras_serializable(package="multitower")
+class PoolList(keras.layers.Layer):
+    """Pools the element embeddings of a padded list feature into one vector per row.
+
+    Elements equal to `pad` are padding and count for nothing. `mean` divides the sum of the
+    real elements by their count, `sqrtn` by its square root, `sum` not at all; a row without
+    real elements pools to zeros.
+
+    Inputs: `[values, embeddings]`: the padded values `(batch, max_length)` (string or int64)
+    and their embeddings `(batch, max_length, dim)`. Output shape: `(batch, dim)`.
+    """
+
+    def __init__(self, combiner: str, pad: str | int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if combiner not in COMBINERS:
+            raise ValueError(f"combiner must be one of {list(COMBINERS)}, got {combiner!r}")
+        self.combiner = combiner
+        self.pad = pad
+
+    def call(self, inputs: list[tf.Tensor]) -> tf.Tensor:
+        values, embedded = inputs
+        mask = tf.cast(tf.not_equal(values, tf.constant(self.pad, values.dtype)),
+                       embedded.dtype)
+        total = tf.reduce_sum(embedded * mask[..., None], axis=1)
+        if self.combiner == "sum":
+            return total
+        count = tf.reduce_sum(mask, axis=1, keepdims=True)
+        scale = count if self.combiner == "mean" else tf.sqrt(count)
+        return tf.math.divide_no_nan(total, scale)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "combiner": self.combiner, "pad": self.pad}
+
+
 def raw_inputs(data: DataConfig) -> dict[str, keras.Input]:
-    """One scalar-per-example keras.Input per feature, named and typed as in the logs."""
+    """One keras.Input per feature, named and typed as in the logs.
+
+    Shape `()` per example, or `(max_length,)` for a list feature (padded, see `PoolList`).
+    """
     return {
-        f.name: keras.Input(shape=(), dtype=feature_dtype(f.dtype), name=f.name)
+        f.name: keras.Input(shape=(f.max_length,) if getattr(f, "multivalent", False) else (),
+                            dtype=feature_dtype(f.dtype), name=f.name)
         for f in data.features
     }
 
@@ -136,7 +175,8 @@ def feature_vector(
     """Concatenates every categorical embedding and the standardized numeric columns.
 
     Args:
-        inputs: Raw feature tensors of shape `(batch,)`, keyed by log name.
+        inputs: Raw feature tensors of shape `(batch,)` (lists: `(batch, max_length)`, padded),
+            keyed by log name.
         data: The data part of the config.
         normalization: `{numeric feature: {"mean": m, "std": s}}` from the first trained day.
         embeddings: How tables are split into shards (defaults when None).
@@ -148,7 +188,13 @@ def feature_vector(
         embeddings in the order of the features.
     """
     tables = embedding_tables(data, embeddings or EmbeddingsConfig(), prefix)
-    parts = [tables[f.table](inputs[f.name]) for f in data.categorical]
+    parts = []
+    for f in data.categorical:
+        embedded = tables[f.table](inputs[f.name])
+        if f.multivalent:  # (batch, max_length, dim) -> (batch, dim)
+            embedded = PoolList(f.list_combiner, f.list_pad, name=f"{prefix}pool_{f.name}")(
+                [inputs[f.name], embedded])
+        parts.append(embedded)
     if data.numeric:
         missing = [f.name for f in data.numeric if f.name not in normalization]
         if missing:

@@ -16,12 +16,15 @@ from pydantic import Field, field_validator, model_validator
 
 from multitower.config.fields import NonNegativeFloat, PositiveFloat, PositiveInt, Strict
 from multitower.origin import ORIGIN_FIELDS, RESERVED_PREFIX
-from multitower.values import check_value
+from multitower.values import check_list, check_value
 
 # A default as YAML gives it; `_check_default` then holds it to the feature's dtype (bool is
 # listed so that `default: true` gets the value checker's words, not a union error).
-DefaultValue = str | bool | int | float | None
+DefaultValue = str | bool | int | float | list | None
 LOG_FORMATS = ("jsonl", "csv", "parquet")
+COMBINERS = ("mean", "sum", "sqrtn")
+# What pads a list feature's `(batch, max_length)` tensor when the feature names no `pad:`.
+DEFAULT_PADS = {"string": "", "int64": -1}
 
 
 def _check_default(name: str, dtype: str, value: Any) -> None:
@@ -37,6 +40,16 @@ class CategoricalFeature(Strict):
 
     Features naming the same `embedding_table` share one table (e.g. the clicked item and the
     last viewed item); they must agree on `hash_buckets` and `embedding_dim`.
+
+    A `multivalent` feature holds a list of values per row (a user's recent items, an item's
+    tags): a JSON array, a CSV cell split at `data.csv.list_delimiter`, a Parquet list column.
+    The Beam job keeps at most `max_length` elements (the first ones; the manifest counts the
+    rows cut) and writes them as a variable-length feature; the model hashes every element,
+    looks it up, and pools the elements with `combiner` (`mean`, `sum`, or `sqrtn`: the sum
+    divided by the square root of the count); an empty list pools to zeros. The exported
+    signature takes the feature as a `(batch, max_length)` tensor padded with `pad` (`""` for
+    strings, -1 for integers unless configured); an element equal to `pad` is refused in logs
+    and requests, since the model would take it for padding.
     """
 
     name: str
@@ -46,11 +59,48 @@ class CategoricalFeature(Strict):
     embedding_dim: PositiveInt
     embedding_table: Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+$")] | None = None
     default: DefaultValue = None  # what a missing or null value becomes; None: reject the row
+    multivalent: bool = False
+    max_length: PositiveInt | None = None  # multivalent only, and required there
+    combiner: Literal["mean", "sum", "sqrtn"] | None = None  # multivalent only; default mean
+    pad: str | int | None = None  # multivalent only; default DEFAULT_PADS[dtype]
 
     @model_validator(mode="after")
     def _default_fits(self) -> CategoricalFeature:
-        _check_default(self.name, self.dtype, self.default)
+        if not self.multivalent:
+            lists = [k for k in ("max_length", "combiner", "pad") if getattr(self, k) is not None]
+            if lists:
+                raise ValueError(f"{', '.join(lists)} apply to multivalent features only (set "
+                                 f"multivalent: true for a list-valued feature)")
+            _check_default(self.name, self.dtype, self.default)
+            return self
+        if self.max_length is None:
+            raise ValueError("a multivalent feature needs max_length (the most elements kept)")
+        pad, reason = check_value(self.name, self.list_pad, self.dtype)
+        if reason is not None or isinstance(self.list_pad, bool):
+            raise ValueError(f"pad {self.list_pad!r} is not a value of the feature's dtype "
+                             f"{self.dtype}")
+        if self.default is not None:
+            if not isinstance(self.default, list):
+                raise ValueError(f"default: a multivalent feature's default is a list, got "
+                                 f"{self.default!r}")
+            _, reason = check_list(self.name, self.default, self.dtype, pad)
+            if reason is not None:
+                raise ValueError(f"default: {reason.split(': ', 1)[1]} (the feature's dtype is "
+                                 f"{self.dtype})")
+            if len(self.default) > self.max_length:
+                raise ValueError(f"default: holds {len(self.default)} elements, more than "
+                                 f"max_length {self.max_length}")
         return self
+
+    @property
+    def list_pad(self) -> str | int:
+        """The value that pads this (multivalent) feature's lists in a served tensor."""
+        return DEFAULT_PADS[self.dtype] if self.pad is None else self.pad
+
+    @property
+    def list_combiner(self) -> str:
+        """How this (multivalent) feature's element embeddings are pooled: `mean` by default."""
+        return self.combiner or "mean"
 
     @property
     def table(self) -> str:
@@ -130,14 +180,16 @@ class CsvOptions(Strict):
     columns: Annotated[list[str], Field(min_length=1)] | None = None
     delimiter: OneCharacter = ","
     quotechar: OneCharacter = '"'
+    list_delimiter: OneCharacter = "|"  # between the elements of a multivalent feature's cell
 
     @model_validator(mode="after")
     def _distinct(self) -> CsvOptions:
-        for key in ("delimiter", "quotechar"):
+        for key in ("delimiter", "quotechar", "list_delimiter"):
             if getattr(self, key) in "\r\n":
                 raise ValueError(f"{key} may not be a line break")
         if self.delimiter == self.quotechar:
             raise ValueError(f"delimiter and quotechar must differ, both are {self.delimiter!r}")
+
         if self.columns is not None and len(set(self.columns)) != len(self.columns):
             twice = sorted({c for c in self.columns if self.columns.count(c) > 1})
             raise ValueError(f"columns names {twice} more than once")
@@ -207,6 +259,10 @@ class DataConfig(Strict):
             return
         if self.format != "csv":
             raise ValueError(f"csv applies to format csv only, and the format is {self.format}")
+        options = self.csv
+        if self.multivalent and options.list_delimiter in (options.delimiter, options.quotechar):
+            raise ValueError(f"csv.list_delimiter must differ from delimiter and quotechar, got "
+                             f"{options.list_delimiter!r} (it splits the cells of list features)")
         if self.csv.columns is not None:
             lacking = [c for c in self.required_columns if c not in self.csv.columns]
             if lacking:
@@ -223,7 +279,8 @@ class DataConfig(Strict):
 
         Only features that declare one.
         """
-        return {f.name: check_value(f.name, f.default, f.dtype)[0]
+        return {f.name: (list(f.default) if isinstance(f, CategoricalFeature) and f.multivalent
+                         else check_value(f.name, f.default, f.dtype)[0])
                 for f in self.features if f.default is not None}
 
     @property
@@ -240,6 +297,11 @@ class DataConfig(Strict):
         return [f for f in self.features if isinstance(f, CategoricalFeature)]
 
     @property
+    def multivalent(self) -> list[CategoricalFeature]:
+        """The list-valued categorical features, in config order."""
+        return [f for f in self.categorical if f.multivalent]
+
+    @property
     def numeric(self) -> list[NumericFeature]:
         return [f for f in self.features if isinstance(f, NumericFeature)]
 
@@ -251,13 +313,18 @@ class DataConfig(Strict):
 
         A declared default is part of it: the records of a day hold it wherever the logs lacked
         the value, so days written with another default hold other values for the same logs.
-        A feature without a default hashes as it did before defaults existed, so configs that
-        declare none keep their fingerprint (and their preprocessed days and models).
+        So are a list feature's list-ness, `max_length` (records hold at most that many
+        elements) and pad value (no element written equals it), so a list model refuses scalar
+        records and the other way round.
+        A feature without a default or a list hashes as it did before either existed, so configs
+        that declare none keep their fingerprint (and their preprocessed days and models).
         """
         defaults = self.defaults
         schema = {
             "features": [[f.name, f.type, f.dtype]
                          + ([["default", defaults[f.name]]] if f.name in defaults else [])
+                         + ([["list", f.max_length, f.list_pad]] if getattr(f, "multivalent", False)
+                            else [])
                          for f in self.features],
             "tasks": [[t.name, t.type, t.label_column, t.optional] for t in self.tasks],
             "origin": list(ORIGIN_FIELDS),

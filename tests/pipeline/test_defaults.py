@@ -64,16 +64,16 @@ def test_missing_and_null_values_take_their_default_and_are_named(example_raw):
     data = _data(example_raw)
     checker = RowChecker(data)
     lacking = {k: v for k, v in GOOD.items() if k not in ("device", "hour")}
-    clean, reason, defaulted = checker.check_decoded({**lacking, "user_activity": None})
+    clean, reason, defaulted, _ = checker.check_decoded({**lacking, "user_activity": None})
     assert reason is None
     assert (clean["device"], clean["hour"], clean["user_activity"]) == ("unknown", 0, 1.0)
     assert defaulted == ("device", "hour", "user_activity")  # config order
-    assert checker.check_decoded(GOOD) == (validate_row(GOOD, data)[0], None, ())
+    assert checker.check_decoded(GOOD) == (validate_row(GOOD, data)[0], None, (), ())
     # Without a default a missing value is still a rejection, and a bad row counts no default.
     assert checker.check_decoded({**lacking, "user_id": None}) == (
-        None, "field 'user_id': null value", ())
+        None, "field 'user_id': null value", (), ())
     assert checker.check(LogLine("f", 1, without("user_id"))) == (
-        None, "missing field 'user_id'", ())
+        None, "missing field 'user_id'", (), ())
     # A default fills only what is missing: a wrong value is refused, not replaced.
     assert parse_line(good_line(device=7), data)[1] == (
         "field 'device': expected a string, got int 7")
@@ -105,7 +105,7 @@ def test_the_manifest_counts_defaulted_values_per_feature(example_raw):
             {**GOOD, "device": None, "hour": None}, GOOD]
     stats = empty_shard_stats(data)
     for row in rows:
-        clean, _, defaulted = checker.check_decoded(row)
+        clean, _, defaulted, _ = checker.check_decoded(row)
         stats.add(row_values(clean, data), defaulted)
     out = day_statistics(data, 4, [(0, stats)], {})
     assert out["defaulted"] == {"device": 2, "hour": 2, "user_activity": 0}

@@ -162,7 +162,7 @@ def test_each_csv_record_is_rejected_with_its_reason_or_accepted(example_raw):
     rows = list(csv_rows(io.BytesIO(text), "/l/corpus.csv", data))
     assert [r.line for r in rows] == [line for line, _ in placed]
     for row, (_, case) in zip(rows, placed, strict=True):
-        clean, reason, defaulted = checker.check(row)
+        clean, reason, defaulted, _ = checker.check(row)
         if case.reason is None:
             assert reason is None, (case.name, reason)
             assert defaulted == (("device",) if case.name == "missing value with a default"
@@ -258,7 +258,7 @@ def test_each_parquet_row_is_rejected_with_its_reason_or_accepted(example_raw):
     rows = list(parquet_rows(io.BytesIO(content), "/l/c.parquet", data, batch_rows=3))
     assert [r.line for r in rows] == list(range(1, len(cases) + 1))
     for row, case in zip(rows, cases, strict=True):
-        _, reason, defaulted = checker.check(row)
+        _, reason, defaulted, _ = checker.check(row)
         if case.reason is None:
             assert reason is None, (case.name, reason)
             assert defaulted == (("device",) if "default" in case.name else ()), case.name
