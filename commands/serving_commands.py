@@ -17,6 +17,13 @@ from commands.options import config_option, date_option, friendly_errors
 from multitower.config import load_config
 from multitower.storage import enable_filesystems
 
+# `predict` and `query` need a config only for the pads of list features (TF Serving's
+# metadata does not carry them).
+pads_config_option = click.option(
+    "--config", "config_path", default=None, type=click.Path(dir_okay=False),
+    help="The project's YAML config, for the pad values of its list-valued features "
+         "(`pad:`); without it lists are padded with \"\" (strings) or -1 (integers).")
+
 
 def _output_paths(output: str | None, rejected: str | None, skip_invalid: bool
                   ) -> tuple[str | None, str | None]:
@@ -68,18 +75,22 @@ def _complete_outputs(output: str | None, rejected: str | None, skip_invalid: bo
                    "is written even when no row is invalid.")
 @click.option("--batch-size", default=4096, show_default=True, type=click.IntRange(min=1),
               help="Rows per call of the model.")
+@pads_config_option
 @friendly_errors
 def predict(model_base: str, input_path: str, output: str | None, skip_invalid: bool,
-            rejected_path: str | None, batch_size: int) -> None:
+            rejected_path: str | None, batch_size: int, config_path: str | None) -> None:
     """Score raw rows with the newest exported version: one JSON object per row.
 
-    Rows are checked as preprocessing checks log rows (features only: no labels needed).
+    Rows are checked as preprocessing checks log rows (features only: no labels needed). A
+    list-valued feature is a JSON array, cut to its max_length and padded as the model takes it.
     """
+    from serving.lists import config_pads
     from serving.predict import Predictor, predict_file
 
     output, rejected_path = _output_paths(output, rejected_path, skip_invalid)
+    pads = config_pads(load_config(config_path)) if config_path else None
     enable_filesystems([model_base, input_path])
-    predictor = Predictor(model_base)
+    predictor = Predictor(model_base, pads)
     with _complete_outputs(output, rejected_path, skip_invalid) as (scores_out, rejected_out):
         outcome = predict_file(predictor, input_path, scores_out, rejected_out, batch_size)
     summary = f"scored {outcome.scored} rows with version {predictor.version} ({predictor.path})"
@@ -121,7 +132,8 @@ def serving_config(config_path: str, out_dir: str) -> None:
                    "REST port (8501).")
 @click.option("--protocol", type=click.Choice(["grpc", "rest"]), default="grpc",
               show_default=True)
-@click.option("--model", "model_name", required=True, help="The served model's name.")
+@click.option("--model", "model_name", default=None,
+              help="The served model's name (default with --config: its serving.model_name).")
 @click.option("--version", type=click.IntRange(min=1), default=None,
               help="Ask this version (default: the server's choice, the newest it serves).")
 @click.option("--label", default=None,
@@ -152,28 +164,39 @@ def serving_config(config_path: str, out_dir: str) -> None:
 @click.option("--rest-format", type=click.Choice(["columnar", "row"]), default="columnar",
               show_default=True,
               help='With --protocol rest: send "inputs" (columnar) or "instances" (row).')
+@pads_config_option
 @friendly_errors
-def query(server: str, protocol: str, model_name: str, version: int | None, label: str | None,
-          signature: str, input_path: str, output: str | None, batch_size: int,
-          skip_invalid: bool, rejected_path: str | None, timeout: float, retries: int,
-          rest_format: str) -> None:
+def query(server: str, protocol: str, model_name: str | None, version: int | None,
+          label: str | None, signature: str, input_path: str, output: str | None,
+          batch_size: int, skip_invalid: bool, rejected_path: str | None, timeout: float,
+          retries: int, rest_format: str, config_path: str | None) -> None:
     """Score raw rows on a TF Serving endpoint (REST or gRPC): one JSON line per row.
 
     The model's status and signature are read from the server first, and every row is checked
     against the signature (as preprocessing checks log rows, and a key the signature does not
-    take is refused) before any row is sent.
+    take is refused) before any row is sent. A list-valued feature (an input of shape
+    (None, L)) is a JSON array, cut to L and padded; TF Serving does not say the pad value,
+    so give --config when the config names a `pad:`.
     """
     from serving.client import RetryPolicy
+    from serving.lists import config_pads
     from serving.query import open_client, query_file, summary
 
     if version is not None and label is not None:
         raise click.UsageError("--version and --label cannot be used together: TF Serving "
                                "takes one or the other")
+    config = load_config(config_path) if config_path else None
+    if model_name is None:
+        if config is None:
+            raise click.UsageError("give --model (the served model's name), or --config to "
+                                   "use its serving.model_name")
+        model_name = config.serving.model_name
     output, rejected_path = _output_paths(output, rejected_path, skip_invalid)
     enable_filesystems([input_path])
     client = open_client(protocol, server, model_name, version=version, label=label,
                          signature=signature, timeout=timeout, batch_size=batch_size,
-                         retry=RetryPolicy(attempts=retries + 1), json_format=rest_format)
+                         retry=RetryPolicy(attempts=retries + 1), json_format=rest_format,
+                         pads=config_pads(config) if config else None)
     with client, _complete_outputs(output, rejected_path, skip_invalid) as (scores_out,
                                                                             rejected_out):
         outcome = query_file(client, input_path, scores_out, rejected_out,

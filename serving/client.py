@@ -7,12 +7,17 @@ model and at most one of a version (`model_spec.version`, `/versions/N`) or a la
 version it serves.
 
 Before any row is sent, the client asks the server for the model's status (some version must be
-AVAILABLE) and for its metadata (the signature's input names and dtypes, and its output names).
-Every row is then checked against that signature with `multitower.rows.check_row`, the checker
-log validation uses (so a value is refused for the same reason in a log and in a request), plus
-one rule of its own: a key the signature takes no input for is refused too, since TF Serving
-refuses a request holding one. Checked rows go out in batches of `batch_size` rows, each a
-`(batch,)` tensor per input; each output comes back as one score per row.
+AVAILABLE) and for its metadata (the signature's input names, dtypes and shapes, and its output
+names). Every row is then checked against that signature with `multitower.rows.check_row`, the
+checker log validation uses (so a value is refused for the same reason in a log and in a
+request), plus one rule of its own: a key the signature takes no input for is refused too, since
+TF Serving refuses a request holding one. An input of shape `(-1, L)` takes a list per row (a
+list-valued feature, `serving.lists`): the row's list is checked element by element (none may
+equal the pad value), cut to its first `L` elements and padded to `L`. The pad value is not in
+TF Serving's metadata: `""` for strings and -1 for integers, unless the `pads` option names
+others (`serving.lists.config_pads` reads them from a config). Checked rows go out in batches of
+`batch_size` rows, each a `(batch,)` or `(batch, L)` tensor per input; each output comes back as
+one score per row.
 
 Retries (tenacity, exponential backoff) follow Google's retry guidance for gRPC (AIP-194): only a
 failure that says nothing was done and may pass is retried, since a Predict changes nothing on
@@ -31,12 +36,23 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, NamedTuple, TypeVar
 
 import tenacity
 
-from multitower.errors import MultitowerError
 from multitower.rows import Column, check_row
+from multitower.values import describe
+from serving.errors import (
+    DeadlineError,
+    RowsError,
+    ServerError,
+    ServingError,
+    Transient,
+    UnavailableError,
+    server_error,
+)
+from serving.lists import ListInput, ListInputError, Shape, columns, fit_lists, list_inputs
 
 DEFAULT_SIGNATURE = "serving_default"
 DEFAULT_BATCH_SIZE = 256
@@ -47,42 +63,10 @@ LISTED_ROWS = 20  # bad rows a refusal lists, as serving.predict.LISTED_BAD_ROWS
 KINDS = {"DT_STRING": "string", "DT_INT64": "int64", "DT_FLOAT": "float32"}
 
 T = TypeVar("T")
-
-
-class ServingError(MultitowerError):
-    """A TF Serving call failed or its rows do not fit; the message names the server and why."""
-
-
-class RowsError(ServingError, ValueError):
-    """Rows do not fit the served signature; nothing was sent. `bad` lists `(row, reason)`."""
-
-    def __init__(self, message: str, bad: list[tuple[int, str]]) -> None:
-        super().__init__(message)
-        self.bad = bad
-
-
-class ServerError(ServingError):
-    """TF Serving answered with an error (HTTP 4xx, INVALID_ARGUMENT, NOT_FOUND ...).
-
-    `code` is `HTTP 400` or the gRPC status name; `server_message` is the server's own text.
-    """
-
-    def __init__(self, message: str, code: str, server_message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.server_message = server_message
-
-
-class DeadlineError(ServingError):
-    """TF Serving did not answer within the per-request timeout (not retried)."""
-
-
-class UnavailableError(ServingError):
-    """TF Serving stayed unreachable or UNAVAILABLE through every attempt."""
-
-
-class Transient(Exception):  # noqa: N818 (internal signal to retry, never shown as is)
-    """Raised by a transport for a failure worth retrying; `str()` describes it for the user."""
+# The errors live in `serving.errors`; they are part of this module's interface too.
+__all__ = ["AVAILABLE", "BatchScores", "DeadlineError", "ModelInfo", "RetryPolicy", "RowsError",
+           "Scores", "ServerError", "ServingClient", "ServingError", "Signature", "Transient",
+           "UnavailableError", "VersionStatus", "one_score_per_row", "server_error"]
 
 
 @dataclass(frozen=True)
@@ -119,24 +103,42 @@ class VersionStatus(NamedTuple):
     error_message: str = ""
 
 
+_NO_SHAPES: Mapping[str, Shape] = MappingProxyType({})
+_NO_LISTS: Mapping[str, ListInput] = MappingProxyType({})
+
+
 class Signature(NamedTuple):
-    """A served signature: `{input name: dtype name}` (`DT_STRING` ...) and its output names."""
+    """A served signature: input dtypes, output names, and input shapes.
+
+    `inputs` is `{input name: dtype name}` (`DT_STRING` ...); `shapes` is `{input name: dims}`
+    as the metadata gives them (-1 for any size, None for an unknown rank; an input left out
+    takes one value per row).
+    """
 
     name: str
     inputs: dict[str, str]
     outputs: tuple[str, ...]
+    shapes: Mapping[str, Shape] = _NO_SHAPES
 
-    def columns(self) -> list[Column]:
-        """The inputs as the value checker's columns (every input's dtype must be in `KINDS`)."""
-        return [Column(name, KINDS[dtype]) for name, dtype in self.inputs.items()]
+    def kinds(self) -> dict[str, str]:
+        """`{input: value kind}` (every input's dtype must be in `KINDS`)."""
+        return {name: KINDS[dtype] for name, dtype in self.inputs.items()}
+
+    def columns(self, lists: Mapping[str, ListInput] = _NO_LISTS) -> list[Column]:
+        """The inputs as the value checker's columns; `lists` are the list-valued inputs."""
+        return columns(self.kinds(), lists)
 
 
 class ModelInfo(NamedTuple):
-    """What the server says about the selected model: statuses, signature, resolved version."""
+    """What the server says about the selected model: statuses, signature, resolved version.
+
+    `lists` holds the signature's list-valued inputs, their lengths and pads (`serving.lists`).
+    """
 
     versions: tuple[VersionStatus, ...]
     signature: Signature
     version: int | None  # the version the metadata answer is for, if the server named it
+    lists: Mapping[str, ListInput] = _NO_LISTS
 
 
 class BatchScores(NamedTuple):
@@ -167,6 +169,7 @@ class ServingClient(ABC):
         self, server: str, model: str, *, version: int | None = None, label: str | None = None,
         signature: str = DEFAULT_SIGNATURE, timeout: float = DEFAULT_TIMEOUT,
         retry: RetryPolicy | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+        pads: Mapping[str, str | int | float] | None = None,
     ) -> None:
         """Names the model to ask; no call is made yet.
 
@@ -179,6 +182,9 @@ class ServingClient(ABC):
             timeout: Seconds each request may take (the gRPC deadline, requests' timeout).
             retry: When to retry; `RetryPolicy()` by default.
             batch_size: Rows per Predict request.
+            pads: `{input: pad value}` of list-valued inputs whose pad is not the default (`""`
+                for strings, -1 for integers): the config's (`serving.lists.config_pads`).
+                Entries for inputs that take no list are ignored.
 
         Raises:
             ServingError: Both a version and a label, or a bad timeout, batch size or name.
@@ -204,6 +210,7 @@ class ServingClient(ABC):
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self.batch_size = batch_size
+        self.pads = dict(pads or {})
         self._info: ModelInfo | None = None
         self._columns: list[Column] = []
         self._lock = threading.Lock()
@@ -266,12 +273,13 @@ class ServingClient(ABC):
 
         Raises:
             ServingError: No version is AVAILABLE, the signature is not served or takes an input
-                of a dtype no log column has, or a call failed.
+                of a dtype no log column has or of a shape rows cannot fill (see
+                `serving.lists`), a pad value does not fit its input, or a call failed.
         """
         with self._lock:
             if self._info is None or refresh:
                 self._info = self._read_info()
-                self._columns = self._info.signature.columns()
+                self._columns = self._info.signature.columns(self._info.lists)
             return self._info
 
     def _read_info(self) -> ModelInfo:
@@ -294,15 +302,22 @@ class ServingClient(ABC):
                                f"does not take raw rows: it needs inputs of dtypes "
                                f"{sorted(KINDS)} and outputs (inputs of other dtypes: {odd}, "
                                f"outputs: {list(signature.outputs)})")
-        return ModelInfo(tuple(versions), signature, version)
+        try:
+            lists = list_inputs(signature.kinds(), signature.shapes, self.pads)
+        except ListInputError as err:
+            raise ServingError(f"{self.address}: signature {signature.name!r} of {self.target}: "
+                               f"{err}") from None
+        return ModelInfo(tuple(versions), signature, version, MappingProxyType(lists))
 
     def check_row(self, row: object) -> tuple[dict[str, Any] | None, str | None]:
         """Checks one row against the signature, as log validation checks a log row.
 
         Returns:
-            `(features, None)` with exactly the signature's inputs, or `(None, reason)`:
-            `multitower.rows.check_row`'s reason (missing field, wrong type ...) first, then
-            `unknown field 'x'` for a key the signature takes no input for.
+            `(features, None)` with exactly the signature's inputs, each list-valued input's
+            list cut and padded to its length (`serving.lists.fit`), or `(None, reason)`:
+            `multitower.rows.check_row`'s reason (missing field, wrong type, a list element of
+            the wrong type or equal to the pad ...) first, then `unknown field 'x'` for a key
+            the signature takes no input for.
         """
         info = self._info or self.describe()
         features, reason = check_row(row, self._columns)
@@ -312,7 +327,7 @@ class ServingClient(ABC):
         if unknown:
             return None, (f"unknown field {unknown[0]!r}: signature {info.signature.name!r} "
                           f"takes no such input")
-        return features, None
+        return fit_lists(features, info.lists), None
 
     def check_rows(self, rows: Iterable[object]) -> list[dict[str, Any]]:
         """Checks every row; refuses them all if one does not fit.
@@ -343,19 +358,27 @@ class ServingClient(ABC):
         return good
 
     def score_batch(self, features: Sequence[Mapping[str, Any]]) -> BatchScores:
-        """Scores checked rows (see `check_row`) in one Predict request.
+        """Scores checked rows (see `check_row`: lists fitted) in one Predict request.
 
         Returns:
             `{output: one score per row}` for every output of the signature, and the version
             that answered if the protocol says.
 
         Raises:
-            ServingError: The request failed, or the answer lacks an output or a row's score.
+            ServingError: A list input's value is not a list of its length, the request
+                failed, or the answer lacks an output or a row's score.
         """
-        signature = (self._info or self.describe()).signature
+        info = self._info or self.describe()
+        signature = info.signature
         if not features:
             return BatchScores({name: [] for name in signature.outputs}, None)
         columns = {name: [row[name] for row in features] for name in signature.inputs}
+        for name, spec in info.lists.items():
+            for number, value in enumerate(columns[name], start=1):
+                if not isinstance(value, list) or len(value) != spec.length:
+                    raise ServingError(f"row {number}: input {name!r} takes a list of "
+                                       f"{spec.length} values, got {describe(value)}; check "
+                                       f"rows with check_row, which cuts and pads lists")
         answer = self._call("the predict request", lambda: self._predict(columns, signature))
         for name in signature.outputs:
             values = answer.scores.get(name)
@@ -421,17 +444,6 @@ class ServingClient(ABC):
                 f"{attempts} attempt{'s' * (attempts > 1)} over "
                 f"{time.monotonic() - start:.1f} s ({last}); is the server running, at this "
                 f"address and with this protocol ({self.protocol})?") from None
-
-
-def server_error(address: str, what: str, target: str, code: str, message: str) -> ServerError:
-    """The `ServerError` for an error answer, with a hint for the usual causes."""
-    hint = ""
-    if code in ("NOT_FOUND", "HTTP 404"):
-        hint = "; check the model name, version and label against the server's models.config"
-    elif code in ("INVALID_ARGUMENT", "HTTP 400") and "label" in message:
-        hint = "; check the label against the server's models.config"
-    return ServerError(f"{address}: TF Serving refused {what} for {target} ({code}: "
-                       f"{message}){hint}", code, message)
 
 
 def one_score_per_row(name: str, values: object, address: str) -> list[float]:

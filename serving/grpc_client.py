@@ -9,7 +9,8 @@ Calls, each with `model_spec` naming the model and at most one of `version` / `v
   the version described;
 - predict: `PredictionService.Predict(PredictRequest)`, built by
   `multitower.tfs_requests.predict_request` (the warmup file's requests), one `(batch,)` tensor
-  per input; the answer's `model_spec.version` names the version that answered.
+  per input, `(batch, L)` for an input of shape `(-1, L)` (a padded list per row, its values in
+  row-major order); the answer's `model_spec.version` names the version that answered.
 
 Each call has the client's timeout as its deadline. UNAVAILABLE (no server, or a server not
 ready) is retried; DEADLINE_EXCEEDED and every other status code are not (see `serving.client`).
@@ -24,7 +25,7 @@ from urllib.parse import urlsplit
 
 import grpc
 import tensorflow as tf
-from tensorflow.core.framework import tensor_pb2, types_pb2
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -79,7 +80,7 @@ class GrpcClient(ServingClient):
         Args:
             server: `HOST:PORT` of the gRPC port.
             model: The name TF Serving serves the model under.
-            **options: `version`, `label`, `signature`, `timeout`, `retry`, `batch_size`, as
+            **options: `version`, `label`, `signature`, `timeout`, `retry`, `batch_size`, `pads`, as
                 `ServingClient` takes them.
 
         Raises:
@@ -155,7 +156,8 @@ class GrpcClient(ServingClient):
                                f"SignatureDefMap under {SIGNATURE_DEF!r}")
         signatures = {
             name: Signature(name, {i: types_pb2.DataType.Name(info.dtype)
-                                   for i, info in d.inputs.items()}, tuple(sorted(d.outputs)))
+                                   for i, info in d.inputs.items()}, tuple(sorted(d.outputs)),
+                            {i: _dims(info.tensor_shape) for i, info in d.inputs.items()})
             for name, d in defs.signature_def.items()}
         spec = answer.model_spec
         return signatures, spec.version.value if spec.HasField("version") else None
@@ -163,7 +165,11 @@ class GrpcClient(ServingClient):
     def _predict(self, columns: dict[str, list[Any]], signature: Signature) -> BatchScores:
         dtypes = {name: tf.as_dtype(types_pb2.DataType.Value(dtype))
                   for name, dtype in signature.inputs.items()}
-        request = predict_request(self.model, columns, dtypes, signature.name, self.version)
+        lists = (self._info or self.describe()).lists
+        shapes = {name: [None, lists[name].length] if name in lists else [None]
+                  for name in dtypes}
+        request = predict_request(self.model, columns, dtypes, signature.name, self.version,
+                                  shapes=shapes)
         if self.label is not None:
             request.model_spec.version_label = self.label
         answer = self._invoke("the predict request", self._predictions.Predict, request)
@@ -171,6 +177,11 @@ class GrpcClient(ServingClient):
                   for name in signature.outputs if name in answer.outputs}
         spec = answer.model_spec
         return BatchScores(scores, spec.version.value if spec.HasField("version") else None)
+
+
+def _dims(shape: tensor_shape_pb2.TensorShapeProto) -> tuple[int, ...] | None:
+    """A `TensorShapeProto`'s sizes (-1 for any), or None for an unknown rank."""
+    return None if shape.unknown_rank else tuple(d.size for d in shape.dim)
 
 
 def _values(proto: tensor_pb2.TensorProto) -> list:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import tensorflow as tf
@@ -50,6 +50,8 @@ class VersionInfo:
         outputs: The outputs of `predict_examples`, sorted by name; each `(batch,)` float32.
         features: `{feature: dtype name}` of `serving_default`'s inputs (the raw features the
             version parses from each Example); empty when it has no such signature.
+        list_lengths: `{feature: L}` of those inputs of shape `(None, L)`: the list-valued
+            features, each padded to its `max_length` L.
     """
 
     path: str
@@ -57,6 +59,7 @@ class VersionInfo:
     input_name: str
     outputs: tuple[str, ...]
     features: Mapping[str, str]
+    list_lengths: Mapping[str, int] = field(default_factory=dict)
 
 
 def resolve_version(model: str | None, default_base: str) -> str:
@@ -141,12 +144,15 @@ def inspect_version(path: str) -> VersionInfo:
         raise ModelRefusedError(f"{path}: {EXAMPLES_SIGNATURE} must give float32 scores; "
                                 f"{'these outputs are not' if not_float else 'it has no outputs'}"
                                 f"{': ' + ', '.join(not_float) if not_float else ''}")
-    features = {}
+    features, lengths = {}, {}
     if DEFAULT_SIGNATURE in signatures:
-        features = {n: _DTYPE_NAMES.get(t.dtype, str(t.dtype))
-                    for n, t in signatures[DEFAULT_SIGNATURE].inputs.items()}
+        for n, t in signatures[DEFAULT_SIGNATURE].inputs.items():
+            features[n] = _DTYPE_NAMES.get(t.dtype, str(t.dtype))
+            dims = [d.size for d in t.tensor_shape.dim]
+            if not t.tensor_shape.unknown_rank and len(dims) == 2:
+                lengths[n] = dims[1]
     return VersionInfo(path, _version_number(path), next(iter(inputs)),
-                       tuple(sorted(examples.outputs)), features)
+                       tuple(sorted(examples.outputs)), features, lengths)
 
 
 class LoadedVersion:

@@ -3,7 +3,10 @@
 This is the same SavedModel TF Serving loads; the TF Serving client comes in `serving/` later.
 Rows are decoded by `multitower.rows.decode_line` and checked by `multitower.rows.check_row`,
 the functions log validation uses, so a row is refused for the same reason in a log and in a
-request (requests carry no labels, so only features are checked).
+request (requests carry no labels, so only features are checked). A list-valued feature (an
+input of shape `(None, L)`) is checked element by element, then cut and padded to `L` with its
+pad value (`serving.lists`), the tensor `multitower.records.pad_lists` makes of the same list
+in the TFRecords.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from google.protobuf.message import DecodeError
 
 from multitower.errors import MultitowerError
 from multitower.exports import newest_version
-from multitower.rows import Column, check_row, decode_line
+from multitower.rows import check_row, decode_line
+from serving.lists import ListInputError, columns, fit_lists, list_inputs
 
 
 class PredictError(MultitowerError, ValueError):
@@ -99,15 +103,18 @@ def read_rows(path: str) -> Iterator[tuple[int, dict]]:
 class Predictor:
     """Scores raw feature rows with one exported version."""
 
-    def __init__(self, model_base: str) -> None:
+    def __init__(self, model_base: str, pads: dict[str, Any] | None = None) -> None:
         """Loads the newest version under `model_base`.
 
         Args:
             model_base: `<export_dir>/<model name>`.
+            pads: `{feature: pad value}` of list-valued features whose pad is not the default
+                (`""` for strings, -1 for integers): the config's (`serving.lists.config_pads`).
 
         Raises:
             PredictError: The version cannot be loaded, has no `serving_default` signature, or
-                its signature takes an input of a dtype no log column has.
+                its signature takes an input of a dtype no log column has, or of a shape rows
+                cannot fill, or a pad does not fit its feature.
         """
         self.version, self.path = newest_version(model_base)
         try:
@@ -125,11 +132,23 @@ class Predictor:
         unknown = {n: s.dtype.name for n, s in self.inputs.items() if s.dtype not in _KINDS}
         if unknown:
             raise PredictError(f"{self.path}: inputs of a dtype no log column has: {unknown}")
-        self.columns = [Column(n, _KINDS[s.dtype]) for n, s in self.inputs.items()]
+        kinds = {n: _KINDS[s.dtype] for n, s in self.inputs.items()}
+        shapes = {n: None if s.shape.rank is None else tuple(-1 if d is None else d
+                                                             for d in s.shape.as_list())
+                  for n, s in self.inputs.items()}
+        try:
+            self.lists = list_inputs(kinds, shapes, pads)
+        except ListInputError as err:
+            raise PredictError(f"{self.path}: {err}") from None
+        self.columns = columns(kinds, self.lists)
 
     def check_row(self, row: object) -> tuple[dict[str, Any] | None, str | None]:
-        """`(features, None)` or `(None, reason)`, as `multitower.rows.check_row` says."""
-        return check_row(row, self.columns)
+        """`(features, None)` or `(None, reason)`, as `multitower.rows.check_row` says.
+
+        The features' lists are cut and padded to their inputs' lengths (`serving.lists.fit`).
+        """
+        features, reason = check_row(row, self.columns)
+        return (None, reason) if reason is not None else (fit_lists(features, self.lists), None)
 
     def score(self, rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
         """Scores checked rows (see `check_row`): `{output: scores of shape (len(rows),)}`."""

@@ -6,7 +6,9 @@ row refuses the whole file, listing the bad rows, unless invalid rows are skippe
 each is written with its reason as `multitower predict --skip-invalid` writes it. The second
 pass sends the valid rows in batches and writes one JSON object of scores per row, in input
 order, rounded as `multitower predict` rounds them. Reading twice keeps memory flat on any file
-size; a file that changes between the passes is refused.
+size; a file that changes between the passes is refused. A list-valued feature is a JSON array
+in a row, cut and padded by the client to its input's length (`serving.lists`), with the pads
+the client was given (the config's, `query --config`) or the defaults.
 """
 
 from __future__ import annotations

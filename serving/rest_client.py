@@ -6,11 +6,16 @@ Calls, for model `M` and an optional `/versions/N` or `/labels/L` (`SEL`):
   "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]}`;
 - metadata: `GET /v1/models/M[SEL]/metadata` -> `{"model_spec": {"name", "signature_name",
   "version": "2"}, "metadata": {"signature_def": {"signature_def": {name: {"inputs": {input:
-  {"dtype": "DT_STRING", ...}}, "outputs": {...}, "method_name": ...}}}}}`;
+  {"dtype": "DT_STRING", "tensor_shape": {"dim": [{"size": "-1", "name": ""}, ...],
+  "unknown_rank": false}, ...}}, "outputs": {...}, "method_name": ...}}}}}` (sizes are int64,
+  which proto JSON writes as strings);
 - predict: `POST /v1/models/M[SEL]:predict` with `{"signature_name", "inputs": {input: [values]}}`
   (columnar) answered by `{"outputs": {output: [scores]}}`, or `{"signature_name", "instances":
   [{input: value}, ...]}` (row) answered by `{"predictions": [{output: score}, ...]}`. A model of
   one output is answered without its name: `{"outputs": [scores]}`, `{"predictions": [scores]}`.
+  A list-valued input (shape `(-1, L)`) takes a padded list per row: `[[v, v, pad], ...]` in
+  `inputs`, `{input: [v, v, pad]}` in each instance (TF Serving requires the lists of all
+  instances to be of one length, which padding gives).
 
 An error answer is `{"error": "<message>"}` with the HTTP code TF Serving maps the status to
 (http_server.cc): 400 INVALID_ARGUMENT / FAILED_PRECONDITION, 404 NOT_FOUND, 503 UNAVAILABLE
@@ -91,13 +96,22 @@ def parse_metadata(body: Any, where: str) -> tuple[dict[str, Signature], int | N
             # TF Serving prints empty maps too (always_print_primitive_fields); be lenient
             name: Signature(name, {i: str(info["dtype"])
                                    for i, info in d.get("inputs", {}).items()},
-                            tuple(sorted(d.get("outputs", {}))))
+                            tuple(sorted(d.get("outputs", {}))),
+                            {i: _dims(info.get("tensor_shape"))
+                             for i, info in d.get("inputs", {}).items()})
             for name, d in defs.items()}
         version = body.get("model_spec", {}).get("version")
         return signatures, None if version in (None, "") else int(version)
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise ServingError(f"{where}: not a model metadata answer (metadata.signature_def): "
                            f"{err!r}") from None
+
+
+def _dims(shape: Any) -> tuple[int, ...] | None:
+    """A `TensorShapeProto` in JSON as sizes (-1 for any); None for an unknown rank or none."""
+    if shape is None or shape.get("unknown_rank", False):
+        return None
+    return tuple(int(d.get("size", 0)) for d in shape.get("dim", []))
 
 
 def parse_predict(body: Any, outputs: tuple[str, ...], address: str) -> dict[str, list[float]]:
@@ -157,7 +171,7 @@ class RestClient(ServingClient):
             model: The name TF Serving serves the model under.
             json_format: `columnar` (`inputs` / `outputs`) or `row` (`instances` /
                 `predictions`), the two forms of `api_rest.md`.
-            **options: `version`, `label`, `signature`, `timeout`, `retry`, `batch_size`, as
+            **options: `version`, `label`, `signature`, `timeout`, `retry`, `batch_size`, `pads`, as
                 `ServingClient` takes them.
 
         Raises:
@@ -237,8 +251,8 @@ class RestClient(ServingClient):
         return parse_metadata(self._send("the metadata request", "GET", url), url)
 
     def _predict(self, columns: dict[str, list[Any]], signature: Signature) -> BatchScores:
-        columns = {name: [float(v) for v in values] if signature.inputs[name] == "DT_FLOAT"
-                   else values for name, values in sorted(columns.items())}
+        columns = {name: _floats(values) if signature.inputs[name] == "DT_FLOAT" else values
+                   for name, values in sorted(columns.items())}
         body: dict[str, Any] = {"signature_name": signature.name}
         if self.json_format == "columnar":
             body["inputs"] = columns
@@ -249,3 +263,9 @@ class RestClient(ServingClient):
         answer = self._send("the predict request", "POST", f"{self._url}:predict", body)
         # REST answers do not name the version that answered.
         return BatchScores(parse_predict(answer, signature.outputs, self.address), None)
+
+
+def _floats(values: list[Any]) -> list[Any]:
+    """Float values (a value or a list per row) as Python floats, which JSON writes as decimals."""
+    return [[float(v) for v in value] if isinstance(value, list) else float(value)
+            for value in values]

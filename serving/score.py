@@ -199,13 +199,19 @@ def check_day(config: Config, date: str) -> dict[str, Any]:
 
 
 def check_features(info: VersionInfo, data: DataConfig) -> None:
-    """Refuses a version that parses features the day's examples lack (or of another dtype).
+    """Refuses a version that parses features the day's examples lack, or reads them otherwise.
+
+    Otherwise: of another dtype, or as a list (`(None, L)`, L its `max_length`) where the
+    config's feature holds one value, or a list of another length, or the other way round.
 
     Raises:
         ScoreInputError: Naming the version and the features.
     """
-    have = {f.name: f.dtype for f in data.features}
-    wrong = {name: dtype for name, dtype in info.features.items() if have.get(name) != dtype}
+    have = {f.name: f.dtype + (f" list of {f.max_length}" if getattr(f, "multivalent", False)
+                               else "") for f in data.features}
+    read = {name: dtype + (f" list of {info.list_lengths[name]}" if name in info.list_lengths
+                           else "") for name, dtype in info.features.items()}
+    wrong = {name: kind for name, kind in read.items() if have.get(name) != kind}
     if wrong:
         shown = ", ".join(f"{n} ({d}; the config has {have.get(n, 'no such feature')})"
                           for n, d in sorted(wrong.items()))

@@ -6,7 +6,9 @@ with the real Beam job (real TFRecords), and exports versions 1 and 2 of two dif
 initialized networks, each with TF Serving's warmup file built from the day's examples (so each
 version is checked by `validate_export` as a training export is). It also writes the day's raw
 rows as JSON lines (features only, and the same rows with labels), the input of `query` and
-`predict`.
+`predict`. A list-valued feature of the config is a list of any length in those rows;
+`tensor_rows` cuts and pads such lists as the exported signature takes them (`(batch, L)`), the
+rows a test sends to the double or to the signature directly.
 
 Fixtures (`conftest.py`) only wrap these; tests import from here, never from a conftest.
 """
@@ -52,6 +54,26 @@ def served_config(root: Path) -> dict:
     return raw
 
 
+def tensor_rows(config: object, rows: list[dict]) -> list[dict]:
+    """The rows as the serving signature takes them: each list feature's list cut to its
+    `max_length` and padded at the end with its pad value (written here independently of
+    `serving.lists`, which the tests check against it)."""
+    lists = {f.name: (f.max_length, f.list_pad) for f in config.data.multivalent}
+    return [{name: (value[:lists[name][0]] + [lists[name][1]] * (lists[name][0] - len(value))
+                    if name in lists else value) for name, value in row.items()}
+            for row in rows]
+
+
+def with_lists(row: dict, data: object) -> dict:
+    """`row` with a hand-written list for each list feature of `data` that it lacks: two
+    elements (`a1`, `b2`, or 3, 4), or the feature's `max_length` of them if fewer."""
+    extra = {}
+    for f in data.multivalent:
+        values = ["a1", "b2"] if f.dtype == "string" else [3, 4]
+        extra[f.name] = values[: f.max_length]
+    return {**extra, **row}
+
+
 def day_examples(config: object, limit: int | None = None) -> list[bytes]:
     """The serialized Examples of the preprocessed day, in file order."""
     import tensorflow as tf
@@ -82,7 +104,8 @@ def make_served_project(root: Path) -> dict:
 
     Returns:
         `{"root", "config_path", "config", "manifest", "export_base", "rows" (feature rows),
-        "rows_path" (features only), "labelled_path" (the log rows, labels included)}`.
+        "tensor_rows" (the same, lists cut and padded: `tensor_rows`), "rows_path" (features
+        only), "labelled_path" (the log rows, labels included)}`.
     """
     from multitower.config import load_config
     from multitower.exports import model_base
@@ -107,7 +130,7 @@ def make_served_project(root: Path) -> dict:
         export_version(config, version, seed)
     return {"root": root, "config_path": str(path), "config": config, "manifest": manifest,
             "export_base": model_base(config.train.export_dir, config.model.name),
-            "rows": rows, "rows_path": str(rows_path),
+            "rows": rows, "tensor_rows": tensor_rows(config, rows), "rows_path": str(rows_path),
             "labelled_path": str(logs / "part-0.jsonl")}
 
 

@@ -170,13 +170,16 @@ def warmup_size(config: Config, available: int) -> int:
 def warmup_requests(config: Config, examples: Sequence[bytes]) -> list[PredictRequest]:
     """Predict requests over the features of `examples`: their first row, then the first N.
 
-    N is `warmup_size(config, len(examples))`; with N == 1 there is one request.
+    Each input is `(rows,)`, a list feature `(rows, max_length)` padded as the signature takes
+    it (`parse_features`); the shapes are checked against `input_shapes`. N is
+    `warmup_size(config, len(examples))`; with N == 1 there is one request.
     """
     rows = parse_features(config, examples)
     sizes = sorted({1, warmup_size(config, len(examples))})
+    dtypes, shapes = input_dtypes(config), input_shapes(config)
     return [predict_request(config.serving.model_name,
                             {name: values[:size] for name, values in rows.items()},
-                            input_dtypes(config)) for size in sizes]
+                            dtypes, shapes=shapes) for size in sizes]
 
 
 def export_saved_model(model: keras.Model, config: Config, version: int,

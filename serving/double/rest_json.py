@@ -6,7 +6,12 @@ when the signature has one input) or `inputs` (columnar: an object `{input: batc
 value or list for a single input), never both. Values are converted to the dtype the signature
 declares, with TF Serving's checks and messages: a float input takes any JSON number that fits
 a float32 without loss (`NaN`, `Infinity` included), an int64 input only JSON integers, a
-string input JSON strings or `{"b64": "<base64>"}` objects for binary data.
+string input JSON strings or `{"b64": "<base64>"}` objects for binary data. Nested lists are
+tensors of higher rank, their shape read from the first element at each level and every other
+list held to it: a padded list feature, `(batch, L)`, is a list per instance in the row format
+(each instance's list of the same length as the first's, else "Expecting tensor size: L but
+got: n") or a list of lists in `inputs` ("Encountered list at unexpected size ..."). The
+signature's declared shapes are not checked (nor are they by TF Serving): the graph decides.
 
 Responses (`MakeJsonFromTensors`): `{"predictions": [...]}` for the row format (one object per
 row when the signature has several outputs, bare values when one) and `{"outputs": ...}` for

@@ -10,7 +10,11 @@ Serving's status code and message.
 
 Tensors are `(values: np.ndarray, dtype: DataType enum)` pairs: the dtype a client declared is
 kept next to the values, so that a float sent for an int64 input is refused as TF Serving
-refuses it ("Expects arg[i] to be int64 but float is provided").
+refuses it ("Expects arg[i] to be int64 but float is provided"). Tensors of any rank pass
+(padded lists are `(batch, L)`); as in TF Serving, the shapes a signature declares are not
+checked against a request's (tensorflow/serving#1436, #1527: "Modelserver does not do any input
+shape verification"): the graph runs and fails, or not, as TensorFlow's ops decide. A loaded
+SavedModel's signature function does the same (it does not check its inputs' shapes).
 """
 
 from __future__ import annotations
@@ -88,28 +92,32 @@ def tensor_from_proto(alias: str, proto: tensor_pb2.TensorProto) -> Tensor:
         raise invalid(f"tensor parsing error: {alias}") from None
 
 
-# A vector in its typed field, as multitower's client and most clients send raw features.
+# A vector (or a matrix: padded lists) in its typed field, as multitower's client and most
+# clients send raw features.
 _VECTOR_FIELDS = {types_pb2.DT_STRING: ("string_val", object),
                   types_pb2.DT_INT64: ("int64_val", np.int64),
                   types_pb2.DT_FLOAT: ("float_val", np.float32)}
 
 
 def _typed_vector(proto: tensor_pb2.TensorProto) -> np.ndarray | None:
-    """The values of a `(n,)` string, int64 or float tensor held in its typed field, else None.
+    """The values of a `(n,)` or `(n, m)` string, int64 or float tensor in its typed field.
 
     What `tf.make_ndarray` returns for such a tensor, at a fraction of its cost (it was half
     of the double's own time per batch-1 Predict). Anything else (other shapes and dtypes,
-    `tensor_content`, a single value to broadcast) is left to `tf.make_ndarray`.
+    `tensor_content`, a single value to broadcast, no value) is left to `tf.make_ndarray`:
+    returns None.
     """
     kind = _VECTOR_FIELDS.get(proto.dtype)
     dims = proto.tensor_shape.dim
-    if kind is None or proto.tensor_content or len(dims) != 1:
+    if kind is None or proto.tensor_content or len(dims) not in (1, 2):
         return None
     field, dtype = kind
     values = getattr(proto, field)
-    if len(values) != dims[0].size or not values:
+    shape = [d.size for d in dims]
+    if not values or len(values) != int(np.prod(shape)):
         return None
-    return np.array(values, dtype=dtype)
+    array = np.array(values, dtype=dtype)
+    return array if len(shape) == 1 else array.reshape(shape)
 
 
 _PROTO_FIELDS = {np.dtype(np.float32): "float_val", np.dtype(np.float64): "double_val",

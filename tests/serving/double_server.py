@@ -64,7 +64,11 @@ def columns(rows: list[dict]) -> dict[str, list]:
 
 def reference_outputs(path: str, rows: list[dict], signature: str = "serving_default"
                       ) -> dict[str, np.ndarray]:
-    """`{output: (batch,)}` of the version at `path`, computed in this process."""
+    """`{output: (batch,)}` of the version at `path`, computed in this process.
+
+    `rows` hold the tensors' rows: a list feature's list already cut and padded to its length
+    (`tests.served_model.tensor_rows`).
+    """
     import tensorflow as tf
 
     function = _load(path).signatures[signature]

@@ -133,6 +133,38 @@ def test_status_metadata_and_predict_carry_the_protos_fields():
     assert scores.versions == (2,)  # named by the answer's model_spec
 
 
+def list_metadata_answer(request):
+    """The metadata with a list input `recent_items` of shape (-1, 3)."""
+    answer = metadata_answer(request)
+    defs = get_model_metadata_pb2.SignatureDefMap()
+    answer.metadata["signature_def"].Unpack(defs)
+    defs.signature_def["serving_default"].inputs["recent_items"].CopyFrom(
+        meta_graph_pb2.TensorInfo(
+            name="serving_default_recent_items:0", dtype=types_pb2.DT_INT64,
+            tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[
+                tensor_shape_pb2.TensorShapeProto.Dim(size=-1),
+                tensor_shape_pb2.TensorShapeProto.Dim(size=3)])))
+    answer.metadata["signature_def"].Pack(defs)
+    return answer
+
+
+def test_a_list_input_goes_out_as_a_batch_by_length_tensor_cut_and_padded():
+    rows = [{**ROWS[0], "recent_items": [7, 8, 9, 10]}, {**ROWS[1], "recent_items": [4]}]
+    answers = {**ANSWERS, "GetModelMetadata": list_metadata_answer}
+    with RecordingGrpcServer(answers) as server, \
+            GrpcClient(server.address, "ranker", retry=FAST, pads={"recent_items": 0}) as client:
+        assert client.describe().signature.shapes["recent_items"] == (-1, 3)
+        assert client.check_row({**ROWS[0], "recent_items": [0]})[1] == (
+            "field 'recent_items': element 0: equals the pad value 0, which marks padding")
+        assert client.predict(rows).scores == SCORES
+    (predict,) = server.calls("Predict")
+    tensor = predict.inputs["recent_items"]
+    assert tensor.dtype == types_pb2.DT_INT64
+    assert [d.size for d in tensor.tensor_shape.dim] == [2, 3]
+    assert list(tensor.int64_val) == [7, 8, 9, 4, 0, 0]  # row-major, cut and padded
+    assert [d.size for d in predict.inputs["hour"].tensor_shape.dim] == [2]
+
+
 @pytest.mark.parametrize(("options", "version", "label"), [
     ({"version": 1}, 1, ""), ({"label": "canary"}, None, "canary")])
 def test_a_version_or_a_label_is_asked_in_every_model_spec(options, version, label):

@@ -198,6 +198,67 @@ def test_row_predict_sends_instances_and_reads_predictions():
     assert scores.scores == SCORES
 
 
+def _with_recent_items(metadata: dict) -> dict:
+    """The metadata with a list input `recent_items` of shape (-1, 3), as TF Serving prints it."""
+    metadata = json.loads(json.dumps(metadata))
+    inputs = metadata["metadata"]["signature_def"]["signature_def"]["serving_default"]["inputs"]
+    inputs["recent_items"] = json.loads("""
+      {"dtype": "DT_STRING",
+       "tensor_shape": {"dim": [{"size": "-1", "name": ""}, {"size": "3", "name": ""}],
+                        "unknown_rank": false},
+       "name": "serving_default_recent_items:0"}""")
+    return metadata
+
+
+LIST_ROWS = [{**ROWS[0], "recent_items": ["i7", "i8", "i9", "i10"]},  # cut to 3
+             {**ROWS[1], "recent_items": ["i4"]}]  # padded with ""
+LIST_COLUMNAR_REQUEST = json.loads("""
+{
+ "signature_name": "serving_default",
+ "inputs": {
+  "hour": [7, 22],
+  "item_id": ["i9", "i4"],
+  "item_price": [19.5, 3.0],
+  "position": [2, 1],
+  "recent_items": [["i7", "i8", "i9"], ["i4", "", ""]],
+  "user_id": ["u1", "u2"]
+ }
+}
+""")
+LIST_ROW_REQUEST = json.loads("""
+{
+ "signature_name": "serving_default",
+ "instances": [
+  {"hour": 7, "item_id": "i9", "item_price": 19.5, "position": 2,
+   "recent_items": ["i7", "i8", "i9"], "user_id": "u1"},
+  {"hour": 22, "item_id": "i4", "item_price": 3.0, "position": 1,
+   "recent_items": ["i4", "", ""], "user_id": "u2"}
+ ]
+}
+""")
+
+
+@pytest.mark.parametrize(("json_format", "request_body", "answer"), [
+    ("columnar", LIST_COLUMNAR_REQUEST, COLUMNAR_ANSWER),
+    ("row", LIST_ROW_REQUEST, ROW_ANSWER),
+])
+def test_a_list_input_goes_out_cut_and_padded_to_its_length(json_format, request_body, answer):
+    script = [HttpExchange("GET", "/v1/models/ranker", None, 200, STATUS),
+              HttpExchange("GET", "/v1/models/ranker/metadata", None, 200,
+                           _with_recent_items(METADATA)),
+              HttpExchange("POST", "/v1/models/ranker:predict", request_body, 200, answer)]
+    with RecordingHttpServer(scripted_http(script)) as server, \
+            RestClient(server.address, "ranker", json_format=json_format, retry=FAST) as client:
+        info = client.describe()
+        assert info.signature.shapes["recent_items"] == (-1, 3)
+        assert info.signature.shapes["hour"] == (-1,)
+        assert client.check_row({**ROWS[0], "recent_items": ["i1", ""]}) == (
+            None, "field 'recent_items': element 1: equals the pad value '', which marks "
+                  "padding")
+        assert client.predict(LIST_ROWS).scores == SCORES
+    assert [(r.method, r.path, r.body) for r in server.requests] == [s[:3] for s in script]
+
+
 @pytest.mark.parametrize(("options", "path"), [
     ({"version": 1}, "/v1/models/ranker/versions/1"),
     ({"label": "canary"}, "/v1/models/ranker/labels/canary"),

@@ -52,7 +52,7 @@ def predict_stub(channel):
 
 @pytest.fixture(scope="module")
 def rows(served_project):
-    return served_project["rows"][:5]
+    return served_project["tensor_rows"][:5]
 
 
 def request_for(served_project, rows, **kwargs):
@@ -136,7 +136,8 @@ def test_predict_errors_are_tf_servings(predict_stub, served_project, rows):
     sent, expected = ",".join(n for n in names if n != "hour"), ",".join(names)
     assert refused(predict_stub.Predict, missing) == (
         grpc.StatusCode.INVALID_ARGUMENT,
-        f"input size does not match signature: 9!=10 len({{{sent}}}) != len({{{expected}}}). "
+        f"input size does not match signature: {len(names) - 1}!={len(names)} "
+        f"len({{{sent}}}) != len({{{expected}}}). "
         f"Sent extra: {{}}. Missing but required: {{hour}}.")
 
     float_hour = request_for(served_project, rows)
@@ -151,7 +152,7 @@ def test_predict_errors_are_tf_servings(predict_stub, served_project, rows):
     assert refused(predict_stub.Predict, other) == (
         grpc.StatusCode.FAILED_PRECONDITION, 'Serving signature key "nope" not found.')
 
-    big = request_for(served_project, served_project["rows"][:MAX_BATCH + 1])
+    big = request_for(served_project, served_project["tensor_rows"][:MAX_BATCH + 1])
     assert refused(predict_stub.Predict, big) == (
         grpc.StatusCode.INVALID_ARGUMENT,
         f"Task size {MAX_BATCH + 1} is larger than maximum input batch size {MAX_BATCH}")

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import requests
 
-from tests.served_model import day_examples
+from tests.served_model import day_examples, tensor_rows, with_lists
 from tests.serving.double_server import (
     MODEL,
     cli_server,
@@ -29,7 +29,7 @@ from tests.serving.double_server import (
 
 pytestmark = pytest.mark.integration
 MAX_BATCH = 32  # the warmup requests (32 rows) go through the batching limit too
-TWO_ROWS = [  # two rows of the project's raw features, typed by hand
+TYPED = [  # two rows of the project's raw features, typed by hand (lists: `two_rows`)
     {"user_id": "u133149", "user_segment": "seg09", "user_country": "BR", "item_id": "i124140",
      "item_category": "cat002", "device": "android", "hour": 0, "position": 2,
      "item_price": 83.23, "user_activity": 2.49},
@@ -38,7 +38,6 @@ TWO_ROWS = [  # two rows of the project's raw features, typed by hand
      "item_price": 55, "user_activity": 4.09},
 ]
 OUTPUTS = ["click", "conversion", "ranking_score", "watch_time"]
-FEATURES = sorted(TWO_ROWS[0])
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +60,13 @@ def server(served_project, tmp_path_factory):
                            source=str(path))
     yield running
     running.stop()
+
+
+@pytest.fixture(scope="module")
+def two_rows(served_project):
+    """`TYPED`, with a hand-written list for each list feature of the config, cut and padded."""
+    config = served_project["config"]
+    return tensor_rows(config, [with_lists(row, config.data) for row in TYPED])
 
 
 def url(server, path):
@@ -97,7 +103,8 @@ def test_half_plus_three_example_of_the_docs(server):
     assert missing.json() == {"error": "Servable not found for request: Latest(half)"}
 
 
-def test_metadata_prints_the_signature_def_map(server):
+def test_metadata_prints_the_signature_def_map(server, two_rows):
+    features = sorted(two_rows[0])
     answer = requests.get(url(server, "half_plus_three/metadata"))
     assert answer.status_code == 200
     body = answer.json()
@@ -114,7 +121,7 @@ def test_metadata_prints_the_signature_def_map(server):
     stable = requests.get(url(server, f"{MODEL}/labels/stable/metadata")).json()
     assert stable["model_spec"]["version"] == "1"
     ranker = stable["metadata"]["signature_def"]["signature_def"]
-    assert sorted(ranker["serving_default"]["inputs"]) == FEATURES
+    assert sorted(ranker["serving_default"]["inputs"]) == features
     assert ranker["serving_default"]["inputs"]["hour"]["dtype"] == "DT_INT64"
     assert ranker["predict_examples"]["inputs"]["examples"]["dtype"] == "DT_STRING"
 
@@ -142,19 +149,20 @@ def test_status_of_versions_and_unknown_ones(server):
 
 # --- predict --------------------------------------------------------------------------------------
 
-def test_row_format_one_object_per_row(server, served_project):
-    answer = requests.post(url(server, f"{MODEL}:predict"), json={"instances": TWO_ROWS})
+def test_row_format_one_object_per_row(server, served_project, two_rows):
+    answer = requests.post(url(server, f"{MODEL}:predict"), json={"instances": two_rows})
     assert answer.status_code == 200
     predictions = answer.json()["predictions"]
     assert len(predictions) == 2 and all(sorted(row) == OUTPUTS for row in predictions)
-    expected = reference_outputs(version_path(served_project, 2), TWO_ROWS)  # latest: 2
+    expected = reference_outputs(version_path(served_project, 2), two_rows)  # latest: 2
     close({name: [row[name] for row in predictions] for name in OUTPUTS}, expected)
 
 
-def test_columnar_format_and_label_and_version(server, served_project):
+def test_columnar_format_and_label_and_version(server, served_project, two_rows):
+    features = sorted(two_rows[0])
     request = {"signature_name": "serving_default",
-               "inputs": {name: [row[name] for row in TWO_ROWS] for name in FEATURES}}
-    expected = reference_outputs(version_path(served_project, 1), TWO_ROWS)
+               "inputs": {name: [row[name] for row in two_rows] for name in features}}
+    expected = reference_outputs(version_path(served_project, 1), two_rows)
     for path in (f"{MODEL}/labels/stable:predict", f"{MODEL}/versions/1:predict"):
         answer = requests.post(url(server, path), json=request)
         assert answer.status_code == 200
@@ -163,10 +171,10 @@ def test_columnar_format_and_label_and_version(server, served_project):
         close(outputs, expected)
 
 
-def test_b64_values_are_binary_strings(server, served_project):
+def test_b64_values_are_binary_strings(server, served_project, two_rows):
     encoded = [{**row, "user_id": {"b64": base64.b64encode(row["user_id"].encode()).decode()}}
-               for row in TWO_ROWS]
-    plain = requests.post(url(server, f"{MODEL}:predict"), json={"instances": TWO_ROWS}).json()
+               for row in two_rows]
+    plain = requests.post(url(server, f"{MODEL}:predict"), json={"instances": two_rows}).json()
     assert requests.post(url(server, f"{MODEL}:predict"),
                          json={"instances": encoded}).json() == plain
 
@@ -191,12 +199,13 @@ def error(server, path, body):
     return answer.status_code, answer.json()["error"]
 
 
-def test_type_errors_are_tf_servings(server):
-    as_text = [{**TWO_ROWS[0], "hour": "3"}]
+def test_type_errors_are_tf_servings(server, two_rows):
+    features = sorted(two_rows[0])
+    as_text = [{**two_rows[0], "hour": "3"}]
     assert error(server, f"{MODEL}:predict", {"instances": as_text}) == (
         400, "Failed to process element: 0 key: hour of 'instances' list. Error: "
              "INVALID_ARGUMENT: JSON Value: \"3\" Type: String is not of expected type: int64")
-    columns = {name: [TWO_ROWS[0][name]] for name in FEATURES}
+    columns = {name: [two_rows[0][name]] for name in features}
     assert error(server, f"{MODEL}:predict", {"inputs": {**columns, "hour": [1.5]}}) == (
         400, "JSON Value: 1.5 Type: Number is not of expected type: int64")
     assert error(server, f"{MODEL}:predict", {"inputs": {**columns, "item_price": [16777217]}}) \
@@ -207,8 +216,9 @@ def test_type_errors_are_tf_servings(server):
         == (400, "Unable to base64 decode")
 
 
-def test_request_shape_errors(server):
-    both = {"instances": TWO_ROWS, "inputs": {}}
+def test_request_shape_errors(server, two_rows):
+    features = sorted(two_rows[0])
+    both = {"instances": two_rows, "inputs": {}}
     status, message = error(server, f"{MODEL}:predict", both)
     assert status == 400 and message.startswith("JSON Value: {")
     assert message.endswith("Not formatted correctly expecting only one of 'inputs' or "
@@ -218,28 +228,28 @@ def test_request_shape_errors(server):
     assert error(server, f"{MODEL}:predict", "") == (
         400, "JSON Parse error: The document is empty")
 
-    no_hour = [TWO_ROWS[0], {k: v for k, v in TWO_ROWS[1].items() if k != "hour"}]
+    no_hour = [two_rows[0], {k: v for k, v in two_rows[1].items() if k != "hour"}]
     status, message = error(server, f"{MODEL}:predict", {"instances": no_hour})
     assert status == 400
     assert re.fullmatch(r"Failed to process element: 1 of 'instances' list\. JSON object: "
-                        r"\{.*\} keys must be equal to: " + ",".join(FEATURES), message, re.S)
-    uneven = [TWO_ROWS[0], {**TWO_ROWS[1], "hour": [1, 2]}]  # rows of unequal lengths
+                        r"\{.*\} keys must be equal to: " + ",".join(features), message, re.S)
+    uneven = [two_rows[0], {**two_rows[1], "hour": [1, 2]}]  # rows of unequal lengths
     assert error(server, f"{MODEL}:predict", {"instances": uneven}) == (
         400, "Failed to process element: 1 key: hour of 'instances' list. Error: "
              "INVALID_ARGUMENT: Expecting tensor size: 1 but got: 2")
     assert error(server, f"{MODEL}:predict", {"inputs": [1, 2]}) == (
         400, "inputs is a plain value/list, but expecting an object as multiple input tensors "
              "required as per tensorinfo_map")
-    assert error(server, f"{MODEL}:predict", {"instances": TWO_ROWS * 17}) == (
+    assert error(server, f"{MODEL}:predict", {"instances": two_rows * 17}) == (
         400, f"Task size 34 is larger than maximum input batch size {MAX_BATCH}")
     assert error(server, f"{MODEL}:predict", {"signature_name": "nope", "instances": [1]}) == (
         400, 'Serving signature name: "nope" not found in signature def')
 
 
-def test_unknown_versions_labels_and_paths(server):
-    assert error(server, f"{MODEL}/versions/7:predict", {"instances": TWO_ROWS}) == (
+def test_unknown_versions_labels_and_paths(server, two_rows):
+    assert error(server, f"{MODEL}/versions/7:predict", {"instances": two_rows}) == (
         404, "Servable not found for request: Specific(ranker, 7)")
-    assert error(server, f"{MODEL}/labels/nope:predict", {"instances": TWO_ROWS}) == (
+    assert error(server, f"{MODEL}/labels/nope:predict", {"instances": two_rows}) == (
         400, "Unrecognized servable version label: nope")
     assert error(server, f"{MODEL}:classify", {"examples": [{"hour": 3}]}) == (
         400, "Expected classification signature method_name to be "
@@ -263,10 +273,10 @@ def counted(server, status="OK"):
     return float(found.group(1)) if found else 0.0
 
 
-def test_prometheus_counts_requests(server):
+def test_prometheus_counts_requests(server, two_rows):
     before_ok, before_bad = counted(server), counted(server, "NOT_FOUND")
-    requests.post(url(server, f"{MODEL}:predict"), json={"instances": TWO_ROWS})
-    requests.post(url(server, f"{MODEL}/versions/9:predict"), json={"instances": TWO_ROWS})
+    requests.post(url(server, f"{MODEL}:predict"), json={"instances": two_rows})
+    requests.post(url(server, f"{MODEL}/versions/9:predict"), json={"instances": two_rows})
     assert counted(server) == before_ok + 1
     assert counted(server, "NOT_FOUND") == before_bad + 1
     page = requests.get(server.rest_url + server.monitoring_path).text
@@ -291,13 +301,13 @@ def test_no_metrics_page_when_prometheus_is_off(tmp_path):
 
 # --- the command line ----------------------------------------------------------------------------
 
-def test_cli_serves_until_sigterm(served_project):
+def test_cli_serves_until_sigterm(served_project, two_rows):
     with cli_server(served_project["config_path"]) as (process, rest_port, _, lines):
         assert any("not for production" in line for line in lines)
         assert any(line.startswith(f"model {MODEL}: available versions [1, 2]")
                    for line in lines)
         answer = requests.post(f"http://127.0.0.1:{rest_port}/v1/models/{MODEL}:predict",
-                               json={"instances": TWO_ROWS})
+                               json={"instances": two_rows})
         assert answer.status_code == 200 and len(answer.json()["predictions"]) == 2
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0

@@ -46,7 +46,7 @@ def publish(folder, version_folder):
 
 def test_new_version_serves_after_its_warmup_and_the_oldest_unloads(served_project, tmp_path):
     project = copy_project(served_project, tmp_path / "copy")
-    rows = served_project["rows"][:4]
+    rows = served_project["tensor_rows"][:4]
     entered, release = threading.Event(), threading.Event()
 
     def hold_version_3(model, version):  # after load and warmup, before serving
@@ -91,7 +91,7 @@ def test_broken_versions_never_serve(served_project, tmp_path):
     (staging / "3" / "saved_model.pb").write_bytes(b"not a SavedModel")
     shutil.copytree(version_path(project, 2), staging / "4")
     (staging / "4" / "assets.extra" / "tf_serving_warmup_requests").write_bytes(b"\x07" * 64)
-    rows = served_project["rows"][:3]
+    rows = served_project["tensor_rows"][:3]
 
     with project_server(project, poll_seconds=0.2) as server:
         publish(base, staging / "3")
@@ -143,7 +143,7 @@ def test_a_running_request_finishes_on_a_version_being_unloaded(served_project):
         with pytest.raises(TFServingError, match=r"Specific\(ranker, 1\)"), \
                 model.acquire(version=1):
             pass
-        rows = served_project["rows"][:2]
+        rows = served_project["tensor_rows"][:2]
         _, outputs = servable.predict("", {name: _tensor(servable, name, [r[name] for r in rows])
                                            for name in rows[0]})
         np.testing.assert_allclose(outputs["click"], reference_outputs(

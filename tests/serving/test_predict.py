@@ -27,13 +27,16 @@ from serving.predict import (
 )
 from tests.bad_rows import GOOD as CORPUS_GOOD
 from tests.bad_rows import bad_rows, good_line, good_rows
+from tests.served_model import with_lists
 from tests.small_project import EXAMPLE
 from trainer.export import export_saved_model
 from trainer.network import build_network
 
-GOOD = {"user_id": "u1", "user_segment": "s1", "user_country": "DE", "item_id": "i9",
-        "item_category": "c1", "device": "ios", "hour": 7, "position": 2, "item_price": 19.5,
-        "user_activity": 0.5, "click": 1, "conversion": 0, "watch_time": 12.0}
+GOOD = with_lists(  # and a list for each list feature the example config may have
+    {"user_id": "u1", "user_segment": "s1", "user_country": "DE", "item_id": "i9",
+     "item_category": "c1", "device": "ios", "hour": 7, "position": 2, "item_price": 19.5,
+     "user_activity": 0.5, "click": 1, "conversion": 0, "watch_time": 12.0},
+    parse_config(yaml.safe_load(EXAMPLE.read_text())).data)
 
 # (feature, bad value): every kind of fault a feature value can have
 BAD = [

@@ -28,11 +28,13 @@ def server(served_project):
         yield running
 
 
-def _query(server, protocol: str, rows_path: str, out, *args: str):
+def _query(server, project: dict, protocol: str, rows_path: str, out, *args: str):
     address = server.grpc_target if protocol == "grpc" else server.rest_url
+    # --config: the pads of the config's list features, which TF Serving's metadata lacks
     result = CliRunner().invoke(main, ["query", "--server", address, "--protocol", protocol,
                                        "--model", "ranker", "--input", rows_path,
-                                       "--output", str(out), "--batch-size", "128", *args])
+                                       "--output", str(out), "--batch-size", "128",
+                                       "--config", project["config_path"], *args])
     assert result.exit_code == 0, result.output
     return [json.loads(line) for line in out.read_text().splitlines()], result
 
@@ -46,9 +48,10 @@ def _worst_difference(queried: list[dict], expected: dict) -> float:
 @pytest.mark.parametrize("protocol", ["grpc", "rest"])
 def test_query_returns_the_in_process_scores_in_input_order(server, served_project, protocol,
                                                             tmp_path):
-    queried, result = _query(server, protocol, served_project["rows_path"],
+    queried, result = _query(server, served_project, protocol, served_project["rows_path"],
                              tmp_path / "scores.jsonl")
-    expected = reference_outputs(version_path(served_project, 2), served_project["rows"])
+    expected = reference_outputs(version_path(served_project, 2),
+                                 served_project["tensor_rows"])
     assert len(queried) == len(served_project["rows"]) == 600
     # scores are written rounded to 6 decimals, as `predict` writes them
     assert _worst_difference(queried, expected) <= 1e-5
@@ -63,11 +66,53 @@ def test_a_version_or_a_label_selects_whose_scores_come_back(
     rows = served_project["rows"][:50]
     rows_path = tmp_path / "rows.jsonl"
     rows_path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    queried, _ = _query(server, protocol, str(rows_path), tmp_path / "out.jsonl", *selection)
-    chosen = reference_outputs(version_path(served_project, version), rows)
-    other = reference_outputs(version_path(served_project, 3 - version), rows)
+    queried, _ = _query(server, served_project, protocol, str(rows_path),
+                        tmp_path / "out.jsonl", *selection)
+    tensors = served_project["tensor_rows"][:50]
+    chosen = reference_outputs(version_path(served_project, version), tensors)
+    other = reference_outputs(version_path(served_project, 3 - version), tensors)
     assert _worst_difference(queried, chosen) <= 1e-5
     assert _worst_difference(queried, other) > 1e-3  # the versions really differ
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "rest"])
+def test_the_client_sends_the_tensors_the_trainer_reads_from_the_tfrecords(
+        server, served_project, protocol):
+    """Each row, checked by the client (lists cut and padded with the config's pads), is the
+    row `trainer.export.parse_features` gives for its example in the day's TFRecords; and the
+    client's scores of the rows are the in-process scores of those TFRecord rows."""
+    import numpy as np
+    import tensorflow as tf
+
+    from multitower.origin import ORIGIN_LINE
+    from multitower.records import origin_spec
+    from serving.lists import config_pads
+    from tests.served_model import day_examples
+    from trainer.export import parse_features
+
+    config = served_project["config"]
+    examples = day_examples(config, 64)
+    lines = tf.io.parse_example(examples, origin_spec())[ORIGIN_LINE].numpy()
+    rows = [served_project["rows"][line - 1] for line in lines]  # rows.jsonl is the log's order
+    parsed = parse_features(config, examples)
+    client_class = GrpcClient if protocol == "grpc" else RestClient
+    address = server.grpc_target if protocol == "grpc" else server.rest_url
+    with client_class(address, "ranker", pads=config_pads(config)) as client:
+        checked = client.check_rows(rows)
+        scores = client.predict(rows).scores
+    def encoded(value):  # strings as the parsed tensors hold them
+        return [encoded(v) for v in value] if isinstance(value, list) else (
+            value.encode() if isinstance(value, str) else value)
+
+    for name, values in parsed.items():
+        sent = np.array([encoded(row[name]) for row in checked], dtype=values.dtype)
+        assert sent.shape == values.shape, name
+        np.testing.assert_array_equal(sent, values, err_msg=name)
+    version_2 = tf.saved_model.load(version_path(served_project, 2)).signatures[
+        "serving_default"]
+    expected = version_2(**{name: tf.constant(values) for name, values in parsed.items()})
+    for name in OUTPUTS:
+        np.testing.assert_allclose(scores[name], expected[name].numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_an_unknown_label_is_the_servers_refusal_in_one_line(server, served_project, tmp_path):

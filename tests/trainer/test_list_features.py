@@ -16,7 +16,7 @@ from multitower.records import encode_example, parse_examples
 from tests.bad_rows import GOOD
 from tests.small_project import EXAMPLE
 from trainer.export import EXAMPLES_SIGNATURE, export_saved_model, input_shapes
-from trainer.features import PoolList, embedding_tables
+from trainer.features import PoolList
 from trainer.network import build_network
 
 L = 4
