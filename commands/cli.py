@@ -26,6 +26,7 @@ from commands import serving_commands
 from commands.k8s_commands import k8s as _k8s
 from commands.k8s_commands import submit as _submit
 from commands.options import check_date_option, config_option, date_option, friendly_errors
+from commands.stats_commands import stats as _stats
 from multitower.config import load_config
 from multitower.dates import date_range
 from multitower.storage import exit_process
@@ -60,7 +61,9 @@ def main(verbose: bool) -> None:
 @click.option("--rows-per-day", default=60_000, show_default=True, type=click.IntRange(min=1))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--task-correlation", default=0.8, show_default=True,
-              type=click.FloatRange(0.0, 1.0), help="How much conversion shares click's signal.")
+              type=click.FloatRange(0.0, 1.0),
+              help="How much conversion and watch time share click's signal, and how closely "
+                   "like (not gated by click) follows click: 0 independent, 1 alike.")
 @click.option("--click-bias", default=0.0, show_default=True, type=float,
               help="Added to every click logit; -1.5 gives about a 5.5% click rate, -2.0 about 4%.")
 @click.option("--format", "log_format", default="jsonl", show_default=True,
@@ -242,6 +245,7 @@ for _command in serving_commands.COMMANDS:
     main.add_command(_command)
 main.add_command(_k8s)
 main.add_command(_submit)
+main.add_command(_stats)
 
 
 def run() -> None:

@@ -22,11 +22,46 @@ Manifest schema::
      "skipped_files": [{"file": "/abs/path", "fault": "truncated gzip stream: ..."}, ...],
      "numeric": {"item_price": {"count": W, "mean": .., "std": .., "min": .., "max": ..}, ...},
      "labels": {"click": {"count": .., "mean": .., "min": .., "max": ..}, ...},  # by task name
+     "truncated": {"recent_items": 7, ...},  # with list features: written rows cut to max_length
+     "tasks": {"click": {"type": "binary", "count": W, "positive_rate": 0.133},
+               "watch_time": {"type": "regression", "count": W, "mean": 11.2, "std": 49.6}},
+     "label_correlation": [  # every pair of tasks, in config order: Pearson over the rows
+         {"tasks": ["click", "like"], "rows": W, "pearson": 0.41}, ...],  # having both labels
+     "missing": {"device": {"kept": 12, "rejected": 0},  # per feature, then per task: rows that
+                 "click": {"kept": 0, "rejected": 3}, ...},  # lacked it (or held null)
+     "categorical": {"device": {"distinct": 4, "top": [["android", 7957], ["ios", 7135], ...]},
+                     "recent_items": {"distinct": 80213, "top": [["i100042", 310], ...]}, ...},
+     "lists": {"recent_items": {"rows": W, "elements": 51234, "lengths": [0, 812, ...],
+                                "min": 1, "mean": 5.4, "max": 10, "truncated": 7}},
+     "histograms": {"item_price": [[16.0, 20.0, 1312], [20.0, 24.0, 1590], ...], ...},
      "created_at": "2026-01-02T03:04:05+00:00", "multitower_version": "0.1.0"}
+
+The statistics are over the written rows (`pipeline.stats`), exact and merged so that the same
+logs give the same bits in any format, on any runner:
+
+- `tasks`: per task, the rows with a label and, for a binary task, the share of 1s (its
+  `positive_rate`), for a regression task the label's mean and population std.
+- `label_correlation`: per pair of tasks (config order, first task first), the Pearson
+  correlation of the two labels over the written rows having both; null when either label is
+  constant there. For nested labels (conversion only after a click) it mostly shows the nesting.
+- `missing`: per feature, then per task label: `kept`, written rows that lacked the value (it
+  took its default, or an optional label was left out); `rejected`, rows rejected because it
+  was missing or null (when that was the row's first fault, see `rejection_reasons`).
+- `categorical`: per categorical feature (a list feature: over its elements), `distinct`,
+  an estimate of the number of distinct values (Beam's approximate-unique, about 2% error; exact
+  below 10,000 values), and `top`, the 10 most frequent values with their counts, exact (ties
+  in value order).
+- `lists`: per list feature, `lengths[k]` is the written rows holding k elements (after cutting
+  to `max_length`, so k runs from 0 to `max_length`), `elements` their sum; `min`, `mean`,
+  `max` of the lengths (null without rows), and `truncated` as above.
+- `histograms`: per numeric feature, then per regression task, `[low, high, rows]` for each
+  non-empty bucket: fixed buckets, four per power of two (`[16, 20)`, `[20, 24)`, `[24, 28)`,
+  `[28, 32)`, ...), `[0, 0, rows]` for zeros, mirrored for negative values; in value order.
 
 `created_at` is the only field that differs between two runs over the same logs. Manifests
 written before `file_checks` existed are still read; their files can only be checked for
-existence. Those written before `defaulted` existed lack it (nothing was defaulted then).
+existence. Those written before `defaulted` existed lack it (nothing was defaulted then), and
+those written before the statistics above (`tasks` to `histograms`) lack them.
 """
 
 from __future__ import annotations

@@ -6,6 +6,12 @@ centre of its segment, each item one around the centre of its category; the clic
 dot product plus biases for position, hour, device, price and activity. Conversion (only after a
 click) and watch time mix that click affinity with an independent second affinity, weighted by
 `task_correlation`, which is what makes multi-task backbones such as MMoE worth comparing.
+A `like` may come without a click: its logit mixes the click logit with an affinity of its own,
+and its coin is the click's own with probability `task_correlation`, so the correlation of the
+two labels rises from about 0 (`task_correlation` 0) to nearly 1 (1), nesting aside.
+`recent_items` lists the user's recent items (1 to 20 ids, more for more active users), ids of
+`item_id`: each is of the shown item's category with a probability that grows with the user's
+affinity for that item, else any item by popularity, so the list carries click signal.
 
 Files are gzipped JSON lines, `<out_dir>/dt=YYYY-MM-DD/part-NNNNN.jsonl.gz`, or the same rows as
 gzipped CSV with a header row (`part-NNNNN.csv.gz`) or Parquet (`part-NNNNN.parquet`), byte-
@@ -13,7 +19,11 @@ identical for the same arguments: every random draw comes from a generator seede
 date), the gzip header carries no timestamp or file name, and the Parquet writer's options are
 fixed. With a missing rate, each of the `MISSABLE` context features is missing from a row with
 that probability (drawn from a generator of its own, so the rest of the day does not change): a
-key left out of the JSON object, an empty CSV cell, a Parquet null.
+key left out of the JSON object, an empty CSV cell, a Parquet null. `like` and `recent_items`
+(the last two columns) are drawn from generators of their own too, so every other column holds
+what it held before they existed. A list is a JSON array, a CSV cell of its elements joined by
+`|` (`LIST_DELIMITER`, the default `data.csv.list_delimiter`; a list is never empty, so an
+empty cell still means missing), a Parquet `list<string>` column.
 """
 
 from __future__ import annotations
@@ -42,6 +52,8 @@ COUNTRIES = ("US", "IN", "BR", "ID", "MX", "DE", "GB", "FR", "JP", "TR", "PH", "
 DEVICES = ("ios", "android", "web", "tv")
 LOG_FORMATS = ("jsonl", "csv", "parquet")
 MISSABLE = ("user_country", "device", "user_activity")  # the features a row may lack
+LIST_DELIMITER = "|"  # between the elements of a list in a CSV cell
+MAX_RECENT = 20  # the most items a `recent_items` list holds
 _DEVICE_SHARE = np.array([0.35, 0.40, 0.20, 0.05])
 _DEVICE_EFFECT = np.array([0.15, 0.0, -0.2, -0.4])
 _MAX_POSITION = 20
@@ -105,6 +117,19 @@ class Population:
         self.segment_names = np.array([f"seg{k:02d}" for k in range(NUM_SEGMENTS)])
         self.category_names = np.array([f"cat{k:03d}" for k in range(NUM_CATEGORIES)])
 
+        # Drawn after everything above, from a stream of its own: the draws above stay those
+        # made before `like` existed.
+        extra = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(3,)))
+        self.user_like = _MEMBER_NOISE * extra.normal(size=(NUM_USERS, LATENT_DIM))
+        self.item_like = extra.normal(size=(NUM_CATEGORIES, LATENT_DIM))[self.item_category] + (
+            _MEMBER_NOISE * extra.normal(size=(NUM_ITEMS, LATENT_DIM)))
+        self.user_like += extra.normal(size=(NUM_SEGMENTS, LATENT_DIM))[self.user_segment]
+        # The items of each category, contiguous: category c's are items_by_category[
+        # category_start[c]:category_start[c + 1]].
+        self.items_by_category = np.argsort(self.item_category, kind="stable")
+        self.category_start = np.searchsorted(self.item_category[self.items_by_category],
+                                              np.arange(NUM_CATEGORIES + 1))
+
 
 _POSITION_CDF = _zipf_cdf(_MAX_POSITION, 0.7, 1.0)  # top slots are shown (and logged) more
 
@@ -124,7 +149,8 @@ def generate_day(
         date: `YYYY-MM-DD`; with `seed` it fixes every draw of the day.
         rows: Number of impressions.
         seed: The generator's seed.
-        task_correlation: 1.0 gives post-click tasks the click affinity, 0.0 an independent one.
+        task_correlation: 1.0 gives post-click tasks the click affinity, 0.0 an independent one;
+            and `like` follows click by as much (see the module docstring).
         click_bias: added to every click logit; negative values give a low click rate (-1.5
             gives about 5.5%, -2.0 about 4%), as in ad logs where ESMM matters most.
         missing_rate: The probability, in [0, 1], that a row lacks each `MISSABLE` feature
@@ -132,9 +158,9 @@ def generate_day(
 
     Returns:
         The rows, sorted by timestamp, and the ground truth behind their labels as arrays aligned
-        with the rows: `click_logit`, `conversion_logit` (given a click) and `watch_log_mean`
-        (the mean of log watch time, given a click). Tests and benchmarks use it as the ceiling a
-        model can reach.
+        with the rows: `click_logit`, `conversion_logit` (given a click), `watch_log_mean`
+        (the mean of log watch time, given a click) and `like_logit`. Tests and benchmarks use
+        it as the ceiling a model can reach.
     """
     if not 0.0 <= task_correlation <= 1.0:
         raise ValueError(f"task_correlation must be in [0, 1], got {task_correlation}")
@@ -168,7 +194,8 @@ def generate_day(
     conversion_logit = -2.2 + 1.2 * mixed - 0.35 * (log_price - 3.0)
     watch_log_mean = 3.5 + 0.6 * mixed
 
-    click = rng.random(rows) < 1 / (1 + np.exp(-click_logit))
+    click_coin = rng.random(rows)
+    click = click_coin < 1 / (1 + np.exp(-click_logit))
     conversion = click & (rng.random(rows) < 1 / (1 + np.exp(-conversion_logit)))
     watch = np.where(click, np.exp(watch_log_mean + 0.8 * rng.normal(size=rows)), 0.0)
 
@@ -190,6 +217,9 @@ def generate_day(
         "conversion": conversion.astype(int).tolist(),
         "watch_time": np.round(watch, 1).tolist(),
     }
+    columns["like"], columns["recent_items"], like_logit = _likes_and_history(
+        pop, users, items, click_logit, click_aff, click_coin, task_correlation,
+        np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(4, day.toordinal()))))
     if missing_rate > 0:
         # A generator of its own: the day's other draws stay those of every missing rate.
         holes = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2, day.toordinal())))
@@ -201,8 +231,51 @@ def generate_day(
     table = [dict(zip(names, values, strict=True))
              for values in zip(*columns.values(), strict=True)]
     truth = {"click_logit": click_logit, "conversion_logit": conversion_logit,
-             "watch_log_mean": watch_log_mean}
+             "watch_log_mean": watch_log_mean, "like_logit": like_logit}
     return table, truth
+
+
+def _likes_and_history(
+    pop: Population, users: np.ndarray, items: np.ndarray, click_logit: np.ndarray,
+    click_aff: np.ndarray, click_coin: np.ndarray, task_correlation: float,
+    rng: np.random.Generator,
+) -> tuple[list[int], list[list[str]], np.ndarray]:
+    """The `like` labels, the `recent_items` lists and the like logits of a day's rows.
+
+    Args:
+        pop: The population.
+        users: Each row's user (index).
+        items: Each row's item (index).
+        click_logit: Each row's click logit.
+        click_aff: Each row's user-item click affinity (about unit variance).
+        click_coin: The uniform draw each row's click was decided by.
+        task_correlation: How much `like` follows click, in [0, 1].
+        rng: The generator of these columns alone.
+
+    Returns:
+        `(like, recent_items, like_logit)`.
+    """
+    rows = len(users)
+    like_aff = np.einsum("nd,nd->n", pop.user_like[users], pop.item_like[items]) / _AFFINITY_STD
+    rho = task_correlation
+    like_logit = -2.7 + rho * (click_logit + 2.4) + math.sqrt(1 - rho**2) * 2.0 * like_aff
+    # The click's own coin with probability rho: likes and clicks of a row then rise together.
+    coin = np.where(rng.random(rows) < rho, click_coin, rng.random(rows))
+    like = coin < 1 / (1 + np.exp(-like_logit))
+
+    lengths = np.minimum(MAX_RECENT, 1 + rng.poisson(pop.user_activity[users]))
+    owner = np.repeat(np.arange(rows), lengths)
+    # A user's history holds more of the shown item's category the more they like such items.
+    same = rng.random(owner.size) < 0.8 / (1 + np.exp(1.0 - 2.0 * click_aff[owner]))
+    category = pop.item_category[items[owner]]
+    start = pop.category_start[category]
+    size = pop.category_start[category + 1] - start
+    in_category = pop.items_by_category[start + (rng.random(owner.size) * size).astype(int)]
+    popular = np.minimum(np.searchsorted(pop.item_cdf, rng.random(owner.size)), NUM_ITEMS - 1)
+    ids = pop.item_ids[np.where(same, in_category, popular)].tolist()
+    ends = np.cumsum(lengths).tolist()
+    recent = [ids[start:end] for start, end in zip([0, *ends[:-1]], ends, strict=True)]
+    return like.astype(int).tolist(), recent, like_logit
 
 
 # Parquet column types of the generated rows; float features and watch time as float64, so the
@@ -210,8 +283,9 @@ def generate_day(
 _PARQUET_SCHEMA = pa.schema(
     [(name, pa.string()) for name in ("event_id", "user_id", "user_segment", "user_country",
                                       "item_id", "item_category", "device")]
-    + [(name, pa.int64()) for name in ("ts", "hour", "position", "click", "conversion")]
-    + [(name, pa.float64()) for name in ("item_price", "user_activity", "watch_time")])
+    + [(name, pa.int64()) for name in ("ts", "hour", "position", "click", "conversion", "like")]
+    + [(name, pa.float64()) for name in ("item_price", "user_activity", "watch_time")]
+    + [("recent_items", pa.list_(pa.string()))])
 
 
 def _jsonl_bytes(rows: list[dict]) -> bytes:
@@ -226,7 +300,8 @@ def _csv_bytes(rows: list[dict], names: list[str]) -> bytes:
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(names)
     # A float's str() is its shortest round-trip form, as in JSON; None is an empty cell.
-    writer.writerows([["" if row[n] is None else row[n] for n in names] for row in rows])
+    writer.writerows([["" if row[n] is None else LIST_DELIMITER.join(row[n])
+                       if isinstance(row[n], list) else row[n] for n in names] for row in rows])
     return gzip.compress(text.getvalue().encode(), compresslevel=6, mtime=0)
 
 
@@ -284,7 +359,8 @@ def generate_logs(
         seed: Fixes the population and every day's draws; a given date's file bytes depend only
             on (seed, date, rows_per_day, task_correlation, files_per_day, click_bias, format,
             missing_rate).
-        task_correlation: How much conversion and watch time share the click signal, in [0, 1].
+        task_correlation: How much conversion and watch time share the click signal, and how
+            closely `like` follows click, in [0, 1].
         files_per_day: Number of files per day.
         click_bias: Added to every click logit (negative: a lower click rate).
         log_format: `jsonl`, `csv` or `parquet`: the same rows in each.

@@ -3,8 +3,12 @@
     logs/dt=D/*.{jsonl,csv,parquet}[.gz]
       ─ ReadLogLines ─┬ records ─ WriteShards ─┬ tfrecords/dt=D/part-*
                       │                        └ rejected/dt=D/rejected-*
+                      ├ records read per file
                       └ faulty files
     (records read, file summaries, faulty files) ─ Summarize ─ tfrecords/dt=D/_MANIFEST.json
+
+Rows are counted where each file is read and again where each file is written, so a row lost
+between the two fails the run (`_check_counts`) instead of going unnoticed.
 
 Two runs over the same logs give byte-identical TFRecord and rejected files, and the same
 manifest but for `created_at`, in every format: rows go to shards by a hash of their file and
@@ -26,29 +30,45 @@ from typing import Any
 
 import apache_beam as beam
 import tensorflow as tf
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.runner import PipelineResult
 
 import multitower
-from multitower.beam_options import pipeline_options
+from multitower.beam_options import engine, local_workers, make_pipeline, pipeline_options
 from multitower.config import Config, DataConfig
 from multitower.dates import check_date
 from multitower.lease import Lease
 from multitower.manifest import day_dir, day_lease, write_manifest
 from pipeline.publish import remove_quietly, remove_stale_staging, staging_dir, swap_in
 from pipeline.read_logs import (
+    COUNTS,
     FAULTS,
     LINES,
+    READ_STARTED,
+    TIMING_NAMESPACE,
     BadInputFileError,
     ReadLogLines,
     bad_files_message,
+    now_us,
     resolve_inputs,
 )
 from pipeline.shards import RECORD_PREFIX, RECORD_SUFFIX, RECORDS, REJECTED, WriteShards, shard_name
-from pipeline.stats import day_statistics
+from pipeline.stats import STATISTICS_KEYS, day_statistics
 
 _LOG = logging.getLogger("multitower.pipeline")
 _STATS_NAME = "_STATS.json"  # the pipeline's summary, read back by the driver, then deleted
 _READ, _FAULT = "read", "fault"
+_WRITTEN = "written_us"  # a timing Distribution (see `pipeline.read_logs`): a file was written
+
+
+def _tag_written(summary: dict[str, Any], kind: str) -> tuple[str, dict[str, Any]]:
+    """Tags a written file's summary for `summarize`, noting when the file was done."""
+    Metrics.distribution(TIMING_NAMESPACE, _WRITTEN).update(now_us())
+    return kind, summary
 
 
 def summarize(parts: list[tuple[str, Any]], data: DataConfig) -> dict[str, Any]:
@@ -100,10 +120,10 @@ def build_pipeline(
     read = p | "Inputs" >> beam.Create(inputs) | "Read" >> ReadLogLines(data)
     written = read[LINES] | "Shards" >> WriteShards(data, out_dir, rejected_dir)
     tagged = (
-        read[LINES] | "CountRead" >> beam.combiners.Count.Globally()
-        | "TagRead" >> beam.Map(lambda n: (_READ, n)),
-        written[RECORDS] | "TagRecords" >> beam.Map(lambda s: (RECORDS, s)),
-        written[REJECTED] | "TagRejected" >> beam.Map(lambda s: (REJECTED, s)),
+        read[COUNTS] | "FileRows" >> beam.Map(lambda count: count[1])
+        | "CountRead" >> beam.CombineGlobally(sum) | "TagRead" >> beam.Map(lambda n: (_READ, n)),
+        written[RECORDS] | "TagRecords" >> beam.Map(_tag_written, RECORDS),
+        written[REJECTED] | "TagRejected" >> beam.Map(_tag_written, REJECTED),
         read[FAULTS] | "TagFaults" >> beam.Map(lambda f: (_FAULT, f)),
     )
     _ = (
@@ -111,10 +131,48 @@ def build_pipeline(
         | "Flatten" >> beam.Flatten()
         | "Collect" >> beam.combiners.ToList()
         | "Summarize" >> beam.Map(summarize, data)
-        | "ToJson" >> beam.Map(json.dumps)
-        | "WriteSummary" >> beam.io.WriteToText(
-            f"{out_dir}/{_STATS_NAME}", shard_name_template="", num_shards=1)
+        | "WriteSummary" >> beam.FlatMap(_write_summary, f"{out_dir}/{_STATS_NAME}")
     )
+
+
+def _write_summary(summary: dict[str, Any], path: str) -> list:
+    """Writes the pipeline's summary for the driver (one small file: no sink and its stages)."""
+    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        f.write(json.dumps(summary).encode())
+    return []
+
+
+def job_timings(result: PipelineResult, started_us: int, ended_us: int
+                ) -> dict[str, float] | None:
+    """Where a run's time went, from the timing Distributions its files reported.
+
+    Args:
+        result: The finished pipeline's result.
+        started_us: When the pipeline started to be built (`now_us`).
+        ended_us: When it had finished.
+
+    Returns:
+        Seconds: `startup` (building and submitting the pipeline, starting workers: up to the
+        first file opened), `rows` (from the first file opened to the last file written),
+        `finish` (the summary, shutting down), and the wall-clock times `first_read` and
+        `last_written` (seconds since the epoch); or None if the runner reports no metrics.
+    """
+    try:
+        found = result.metrics().query(MetricsFilter().with_namespace(TIMING_NAMESPACE))
+    except Exception as err:  # figures for people only: a runner's metrics must not fail a day
+        _LOG.debug("no timing metrics from the runner: %s", err)
+        return None
+    by_name = {}
+    for item in found["distributions"]:
+        value = item.committed if item.committed is not None else item.attempted
+        if value is not None and value.count:
+            by_name[item.key.metric.name] = value
+    if READ_STARTED not in by_name or _WRITTEN not in by_name:
+        return None
+    first, last = by_name[READ_STARTED].min, by_name[_WRITTEN].max
+    return {"startup": (first - started_us) / 1e6, "rows": (last - first) / 1e6,
+            "finish": (ended_us - last) / 1e6, "first_read": first / 1e6,
+            "last_written": last / 1e6}
 
 
 def _read_summary(out_dir: str) -> dict[str, Any]:
@@ -153,8 +211,10 @@ def run_preprocess(
     Args:
         config: The loaded config; only `config.data` is used.
         date: The day, `YYYY-MM-DD`; its logs are `config.data.logs_for(date)`.
-        beam_args: Beam pipeline options such as `--runner=DirectRunner` or
-            `--direct_num_workers=2`; the DirectRunner is used when no runner is given.
+        beam_args: Beam pipeline options such as `--runner=PortableRunner
+            --job_endpoint=host:port` or `--direct_num_workers=2`; without a runner, the
+            DirectRunner's engine in `multi_processing` mode, one worker per core (see
+            `multitower.beam_options.pipeline_options`).
         skip_bad_files: Publish the day without the input files that cannot be read whole
             (listed in the manifest's `skipped_files` with their fault; their rows count
             nowhere) instead of refusing the day.
@@ -190,12 +250,21 @@ def _run_preprocess(config: Config, date: str, options: PipelineOptions, skip_ba
     data = config.data
     inputs = resolve_inputs(data.logs_for(date), date, data.format)
     started = time.monotonic()
-    _LOG.info("preprocess %s: reading %d file(s): %s", date, len(inputs), ", ".join(inputs))
+    _LOG.info("preprocess %s: reading %d file(s) on %s: %s", date, len(inputs), engine(options),
+              ", ".join(inputs))
 
     out_dir, rejected_dir = staging_dir(data.tfrecords, date), staging_dir(data.rejected, date)
     try:
-        with beam.Pipeline(options=options) as p:
+        started_us = now_us()
+        with make_pipeline(options) as p:
             build_pipeline(p, data, inputs, out_dir, rejected_dir)
+        timings = job_timings(p.result, started_us, now_us())
+        if timings is not None:
+            # `extra`: a benchmark (benchmarks/preprocess.py) reads the figures off the record.
+            _LOG.info("preprocess %s: on %s: start-up %.1f s, rows %.1f s (first file opened to "
+                      "last file written), finish %.1f s", date, engine(options),
+                      timings["startup"], timings["rows"], timings["finish"],
+                      extra={"timings": {**timings, "workers": local_workers(options)}})
         summary = _read_summary(out_dir)
         skipped = summary["skipped_files"]
         if skipped and not skip_bad_files:
@@ -221,6 +290,7 @@ def _run_preprocess(config: Config, date: str, options: PipelineOptions, skip_ba
             "skipped_files": skipped,
             "numeric": summary["numeric"],
             "labels": summary["labels"],
+            **{key: summary[key] for key in STATISTICS_KEYS},  # pipeline.stats
             "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "multitower_version": multitower.__version__,
         }

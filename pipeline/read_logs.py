@@ -25,10 +25,13 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import itertools
 import os
+import pickle
 import stat
+import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
 import apache_beam as beam
@@ -36,19 +39,34 @@ import tensorflow as tf
 from apache_beam.io.aws.clients.s3.messages import S3ClientError
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
 
 from multitower.config import DataConfig
 from multitower.errors import InputMissingError, MultitowerError
 from multitower.storage import is_remote
 from pipeline.read_csv import csv_fault, csv_rows
 from pipeline.read_parquet import parquet_fault, parquet_rows
-from pipeline.validate import LogLine, LogRecord
+from pipeline.validate import LogLine, LogRecord, LogRow
 
 FORMAT_SUFFIXES = {"jsonl": (".jsonl", ".jsonl.gz"), "csv": (".csv", ".csv.gz"),
                    "parquet": (".parquet",)}
 LOG_SUFFIXES = FORMAT_SUFFIXES["jsonl"]
-LINES, FAULTS = "lines", "faults"  # the outputs of ReadLogLines (LINES: records of any format)
+# The outputs of ReadLogLines: LINES the records (of any format), FAULTS the faulty files, COUNTS
+# each file's record count.
+LINES, FAULTS, COUNTS = "lines", "faults", "counts"
 _CHUNK = 1 << 20  # bytes read (and at most decompressed) at a time
+# Records per element from reading to validating. One element per record made the reshuffle
+# cost more than the validation it spreads (each element crosses the runner on its own).
+BATCH_RECORDS = 1000
+# Beam metrics that time a job from the outside: Distributions of wall-clock times (microseconds
+# since the epoch, comparable across worker processes), whose min and max give the first and the
+# last event. `READ_STARTED`: a file starts being read (see `pipeline.preprocess` for the others).
+TIMING_NAMESPACE, READ_STARTED = "multitower.timing", "read_started_us"
+
+
+def now_us() -> int:
+    """The wall-clock time in microseconds since the epoch, for the timing Distributions."""
+    return time.time_ns() // 1000
 
 
 class BadInputFileError(MultitowerError):
@@ -224,30 +242,99 @@ def format_fault(path: str, data: DataConfig) -> str | None:
         return f"unreadable: {err.strerror or err}"
 
 
+def input_fault(path: str, data: DataConfig | None) -> str | None:
+    """Why a log file cannot be read whole as `data.format` says (`file_fault`, `format_fault`).
+
+    Args:
+        path: The file.
+        data: The data section of the config; None for JSON lines.
+
+    Returns:
+        None, or the fault.
+    """
+    fault = file_fault(path)
+    if fault is None and data is not None:
+        fault = format_fault(path, data)
+    return fault
+
+
+def file_records(path: str, data: DataConfig | None) -> Iterator[LogRecord]:
+    """The records of a file `input_fault` passed: `LogLine`s of JSON lines, else `LogRow`s.
+
+    Args:
+        path: The file.
+        data: The data section of the config; None for JSON lines.
+
+    Yields:
+        The file's records, in file order.
+    """
+    with _open(path) as handle:
+        if data is None or data.format == "jsonl":
+            for number, line in enumerate(handle, start=1):
+                yield LogLine(path, number, line.rstrip(b"\r\n"))
+        elif data.format == "csv":
+            yield from csv_rows(handle, path, data)
+        else:
+            yield from parquet_rows(handle, path, data)
+
+
+Batch = tuple[str, bool, int, bytes]  # (source, JSON lines?, records, their fields pickled)
+
+
+def batches(records: Iterable[LogRecord], size: int = BATCH_RECORDS) -> Iterator[Batch]:
+    """Groups one file's records by `size` into batches that cross between workers cheaply.
+
+    A batch is one element instead of `size`, and its records travel as one pickled blob
+    (protocol 5) of plain tuples: Beam's own coder would pickle every named tuple one by one,
+    and the runner, which decodes and re-encodes every element it groups, then handles one
+    bytes object instead of a thousand records.
+
+    Args:
+        records: The records of one file (one kind, one source), in file order.
+        size: The most records in a batch.
+
+    Yields:
+        `(source, is_line, number of records, pickled [record fields after the source, ...])`,
+        see `unbatch`.
+    """
+    it = iter(records)
+    while chunk := list(itertools.islice(it, size)):
+        items = [tuple(record)[1:] for record in chunk]
+        yield (chunk[0].source, isinstance(chunk[0], LogLine), len(items),
+               pickle.dumps(items, protocol=5))
+
+
+def unbatch(batch: Batch) -> Iterator[LogRecord]:
+    """The records of a batch made by `batches`, in their order."""
+    source, is_line, _, blob = batch
+    kind = LogLine if is_line else LogRow
+    for item in pickle.loads(blob):  # written by `batches` in this job, never read from input
+        yield kind(source, *item)
+
+
 class _ReadRecordsFn(beam.DoFn):
-    """Path -> its records (`LogLine`s or `LogRow`s), or a `(path, fault)` on the FAULTS output."""
+    """Path -> batches of its records (see `batches`) and `(path, records)` on COUNTS.
+
+    Or a `(path, fault)` on FAULTS.
+    """
 
     def __init__(self, data: DataConfig | None) -> None:
         self._data = data
+        self._started = Metrics.distribution(TIMING_NAMESPACE, READ_STARTED)
 
     def process(self, path: str) -> Iterator[LogRecord | beam.pvalue.TaggedOutput]:
-        data = self._data
-        fault = file_fault(path)
-        if fault is None and data is not None:
-            fault = format_fault(path, data)
+        self._started.update(now_us())
+        fault = input_fault(path, self._data)
         if fault is not None:
             yield beam.pvalue.TaggedOutput(FAULTS, (path, fault))
             return
         # Errors from here on (the file changed since the check, a network failure) fail the
         # bundle, whose records are then discarded: Beam retries it or fails the job.
-        with _open(path) as handle:
-            if data is None or data.format == "jsonl":
-                for number, line in enumerate(handle, start=1):
-                    yield LogLine(path, number, line.rstrip(b"\r\n"))
-            elif data.format == "csv":
-                yield from csv_rows(handle, path, data)
-            else:
-                yield from parquet_rows(handle, path, data)
+        count = 0
+        for batch in batches(file_records(path, self._data)):
+            count += batch[2]
+            yield batch
+        yield beam.pvalue.TaggedOutput(COUNTS, (path, count))
 
 
 class ReadLogLines(beam.PTransform):
@@ -255,10 +342,12 @@ class ReadLogLines(beam.PTransform):
 
     Files are decompressed by their `.gz` extension. Outputs a dict: `LINES` holds the records
     (`LogLine`s of JSON lines, `LogRow`s of CSV or Parquet) of every file that could be read
-    whole, `FAULTS` a `(path, fault)` pair for every file that could not (see `file_fault`,
-    `format_fault`); none of a faulty file's records is emitted. Each file is read by one
-    worker, so the records are reshuffled afterwards to spread validation and encoding over all
-    workers.
+    whole, `COUNTS` a `(path, records)` pair for each of these files (counted where they were
+    read, so that a count downstream can check that none went missing), `FAULTS` a `(path,
+    fault)` pair for every file that could not (see `file_fault`, `format_fault`); none of a
+    faulty file's records is emitted. Each file is read by one
+    worker, so the records are reshuffled afterwards, in batches, to spread validation and
+    encoding over all workers.
 
     Args:
         data: The data section of the config, whose `format` says how to read the files;
@@ -271,8 +360,9 @@ class ReadLogLines(beam.PTransform):
 
     def expand(self, paths: beam.PCollection[str]) -> dict[str, beam.PCollection]:
         read = paths | "CheckAndRead" >> beam.ParDo(_ReadRecordsFn(self._data)).with_outputs(
-            FAULTS, main=LINES)
-        return {LINES: read[LINES] | "Spread" >> beam.Reshuffle(), FAULTS: read[FAULTS]}
+            FAULTS, COUNTS, main=LINES)
+        records = read[LINES] | "Spread" >> beam.Reshuffle() | "Unbatch" >> beam.FlatMap(unbatch)
+        return {LINES: records, FAULTS: read[FAULTS], COUNTS: read[COUNTS]}
 
 
 def bad_files_message(date: str, faults: list[tuple[str, str]]) -> str:

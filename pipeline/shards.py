@@ -7,26 +7,35 @@ position (line, or row number in a Parquet file: `shard_of`), and each shard is 
 `DoFn` from all its rows, sorted by (file, position). Two runs over the same logs therefore
 write byte-identical files, on any runner and with any number of workers:
 
-    LogLine/LogRow ─ CheckRows ─┬ (shard, written row) ─ CoGroupByKey with every shard ─ write
-                                └ (shard, rejection)   ─ GroupByKey ─ write (shards with rows)
+    LogLine/LogRow ─ KeyByShard ─ (shard, pickled records) ┬ GroupByKey ─ check, encode, write
+    every shard id ─────────────────────────────────────────┘
 
-Each writer emits a summary of its file (name, rows, size and CRC32C, statistics of its rows)
-for the manifest. A shard's rows are sorted in the memory of one worker: keep a shard to a few
-hundred MB of examples (raise `data.num_shards` for larger days).
+The records cross to their shard's worker raw, in pickled blocks (a block is one element for
+Beam, and one bytes object for the runner, which decodes and re-encodes every element it
+groups), and the shard's writer checks and encodes them: encoded examples, larger and one
+element each, would cross instead. Validation is spread over the shards (keep `data.num_shards`
+at least the number of workers). Each writer emits a summary of its TFRecord file (name, rows,
+size and CRC32C, statistics of its rows) and, if the shard has rejections, of its rejected
+file, for the manifest. A shard's records are sorted in the memory of one worker: keep a shard
+to a few hundred MB of logs (raise `data.num_shards` for larger days).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import zlib
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
+from operator import attrgetter
 from typing import Any, BinaryIO
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
 
 from multitower.checksums import RunningChecksum
 from multitower.config import DataConfig
@@ -38,6 +47,7 @@ RECORDS, REJECTED = "records", "rejected"  # the outputs of CheckRows and WriteS
 RECORD_PREFIX, RECORD_SUFFIX = "part", ".tfrecord.gz"
 REJECTED_PREFIX, REJECTED_SUFFIX = "rejected", ".jsonl"
 _GZIP_LEVEL = 6  # fixed: the compressed bytes must not change with a library default
+_BLOCK = 2000  # records per pickled block on their way to their shard
 
 
 def shard_of(source: str, line: int, num_shards: int) -> int:
@@ -62,34 +72,30 @@ def shard_name(prefix: str, index: int, num_shards: int, suffix: str) -> str:
     return f"{prefix}-{index:05d}-of-{num_shards:05d}{suffix}"
 
 
-class _CheckRowsFn(beam.DoFn):
-    """A record -> `(shard, (source, line, example, stat values, (defaulted, truncated)))`.
+class _KeyByShardFn(beam.DoFn):
+    """Records -> `(shard, pickled list of that shard's records)`, in blocks of `_BLOCK`."""
 
-    Or a rejection.
+    def __init__(self, num_shards: int) -> None:
+        self._num_shards = num_shards
+        self._blocks: dict[int, list[LogRecord]] = {}
 
-    The same check as `pipeline.validate.ValidateRows` (`RowChecker`), but a written row keeps
-    its origin here: the shard, the sort order and the example's origin fields all need it.
-    Rejections have `ValidateRows`'s form: `{"source", "line", "reason", "raw"}`.
-    """
+    def start_bundle(self) -> None:
+        self._blocks = defaultdict(list)
 
-    def __init__(self, data: DataConfig) -> None:
-        self._data = data
-        self._checker: RowChecker | None = None
+    def process(self, element: LogRecord) -> Iterator[tuple[int, bytes]]:
+        shard = shard_of(element.source, element.line, self._num_shards)
+        block = self._blocks[shard]
+        block.append(element)
+        if len(block) >= _BLOCK:
+            yield shard, pickle.dumps(block, protocol=5)
+            self._blocks[shard] = []
 
-    def setup(self) -> None:
-        self._checker = RowChecker(self._data)
-
-    def process(self, element: LogRecord) -> Iterator[Any]:
-        source, number = element.source, element.line
-        shard = shard_of(source, number, self._data.num_shards)
-        row, reason, defaulted, truncated = self._checker.check(element)
-        if reason is None:
-            # Encoded here, in parallel, so that the shard's writer only sorts and writes.
-            example = encode_example(row, self._data, origin=(source, number))
-            yield shard, (source, number, example, row_values(row, self._data),
-                          (defaulted, truncated))
-            return
-        yield beam.pvalue.TaggedOutput(REJECTED, (shard, rejection(element, reason)))
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        for shard, block in sorted(self._blocks.items()):
+            if block:
+                yield WindowedValue((shard, pickle.dumps(block, protocol=5)),
+                                    GlobalWindow().max_timestamp(), [GlobalWindow()])
+        self._blocks = {}
 
 
 class _GzipWriter:
@@ -139,41 +145,48 @@ def write_records(path: str, examples: Iterable[bytes]) -> tuple[int, str]:
     return writer.checksum.size, writer.checksum.hexdigest()
 
 
-class _WriteRecordShardFn(beam.DoFn):
-    """`(shard, {"rows": [...], "ids": [shard]})` -> the shard's file, and its summary."""
+class _WriteShardFn(beam.DoFn):
+    """`(shard, blocks)` -> the shard's TFRecord file and rejected file, and their summaries.
 
-    def __init__(self, directory: str, data: DataConfig) -> None:
-        self._directory = directory
-        self._data = data
+    The same check as `pipeline.validate.ValidateRows` (`RowChecker`), in (file, position)
+    order; a written row keeps its origin (the example's origin fields), a rejection has
+    `ValidateRows`'s form: `{"source", "line", "reason", "raw"}`.
+    """
 
-    def process(self, element: tuple[int, dict[str, Iterable[Any]]]) -> Iterator[dict]:
-        shard, grouped = element
-        rows = sorted(grouped["rows"], key=lambda row: (row[0], row[1]))
-        name = shard_name(RECORD_PREFIX, shard, self._data.num_shards, RECORD_SUFFIX)
-        stats = empty_shard_stats(self._data)
-        for _, _, _, values, (defaulted, truncated) in rows:  # in the shard's fixed order
-            stats.add(values, defaulted, truncated)
-        size, crc = write_records(f"{self._directory}/{name}", (row[2] for row in rows))
-        yield {"shard": shard, "file": name, "rows": len(rows), "bytes": size, "crc32c": crc,
+    def __init__(self, data: DataConfig, records_dir: str, rejected_dir: str) -> None:
+        self._data, self._records_dir, self._rejected_dir = data, records_dir, rejected_dir
+        self._checker: RowChecker | None = None
+
+    def setup(self) -> None:
+        self._checker = RowChecker(self._data)
+
+    def process(self, element: tuple[int, Iterable[bytes | None]]) -> Iterator[Any]:
+        shard, blocks = element
+        data, n = self._data, self._data.num_shards
+        records = sorted((record for block in blocks if block is not None
+                          for record in pickle.loads(block)),  # blocks of this job
+                         key=attrgetter("source", "line"))
+        stats = empty_shard_stats(data)
+        examples, rejected = [], []
+        for record in records:
+            row, reason, defaulted, truncated = self._checker.check(record)
+            if reason is None:
+                examples.append(encode_example(row, data, origin=(record.source, record.line)))
+                stats.add(row_values(row, data), defaulted, truncated)
+            else:
+                rejected.append(rejection(record, reason))
+        name = shard_name(RECORD_PREFIX, shard, n, RECORD_SUFFIX)
+        size, crc = write_records(f"{self._records_dir}/{name}", examples)
+        yield {"shard": shard, "file": name, "rows": len(examples), "bytes": size, "crc32c": crc,
                "stats": stats}
-
-
-class _WriteRejectedShardFn(beam.DoFn):
-    """`(shard, rejections)` -> the shard's JSON lines file, and its summary."""
-
-    def __init__(self, directory: str, num_shards: int) -> None:
-        self._directory = directory
-        self._num_shards = num_shards
-
-    def process(self, element: tuple[int, Iterable[dict]]) -> Iterator[dict]:
-        shard, rejections = element
-        ordered = sorted(rejections, key=lambda r: (r["source"], r["line"]))
-        name = shard_name(REJECTED_PREFIX, shard, self._num_shards, REJECTED_SUFFIX)
-        with _create(f"{self._directory}/{name}") as handle:
-            for entry in ordered:
-                handle.write((json.dumps(entry) + "\n").encode())
-        reasons = Counter(reason_category(r["reason"]) for r in ordered)
-        yield {"shard": shard, "file": name, "rows": len(ordered), "reasons": dict(reasons)}
+        if rejected:
+            name = shard_name(REJECTED_PREFIX, shard, n, REJECTED_SUFFIX)
+            with _create(f"{self._rejected_dir}/{name}") as handle:
+                for entry in rejected:
+                    handle.write((json.dumps(entry) + "\n").encode())
+            reasons = Counter(reason_category(r["reason"]) for r in rejected)
+            yield beam.pvalue.TaggedOutput(REJECTED, {
+                "shard": shard, "file": name, "rows": len(rejected), "reasons": dict(reasons)})
 
 
 class WriteShards(beam.PTransform):
@@ -199,18 +212,15 @@ class WriteShards(beam.PTransform):
 
     def expand(self, lines: beam.PCollection[LogRecord]) -> dict[str, beam.PCollection]:
         n = self._data.num_shards
-        checked = lines | "CheckRows" >> beam.ParDo(_CheckRowsFn(self._data)).with_outputs(
-            REJECTED, main=RECORDS)
+        blocks = lines | "KeyByShard" >> beam.ParDo(_KeyByShardFn(n))
         ids = lines.pipeline | "ShardIds" >> beam.Create([(i, None) for i in range(n)])
-        records = (
-            {"rows": checked[RECORDS], "ids": ids}
-            | "GroupRecords" >> beam.CoGroupByKey()  # every shard, even one without rows
-            | "WriteRecords" >> beam.ParDo(_WriteRecordShardFn(self._records_dir, self._data))
+        written = (
+            (blocks, ids)
+            | "WithEveryShard" >> beam.Flatten()  # every shard is written, even one without rows
+            | "GroupByShard" >> beam.GroupByKey()
+            | "WriteShards" >> beam.ParDo(_WriteShardFn(
+                self._data, self._records_dir, self._rejected_dir)).with_outputs(
+                    REJECTED, main=RECORDS)
         )
-        rejected = (
-            checked[REJECTED]
-            | "GroupRejected" >> beam.GroupByKey()
-            | "WriteRejected" >> beam.ParDo(_WriteRejectedShardFn(self._rejected_dir, n))
-        )
-        return {RECORDS: records, REJECTED: rejected}
+        return {RECORDS: written[RECORDS], REJECTED: written[REJECTED]}
 

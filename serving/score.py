@@ -54,7 +54,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import PredictionResult, RunInference
 
 import multitower
-from multitower.beam_options import pipeline_options
+from multitower.beam_options import make_pipeline, pipeline_options
 from multitower.config import Config, DataConfig
 from multitower.dates import check_date
 from multitower.errors import MultitowerError
@@ -340,7 +340,8 @@ def run_score(config: Config, date: str, out_dir: str, model: str | None = None,
         model: A version folder or a model folder (`serving.model_handler.resolve_version`);
             default the newest version under `<train.export_dir>/<model.name>`.
         beam_args: Beam pipeline options such as `--runner=...` or `--direct_num_workers=2`;
-            the DirectRunner is used when no runner is given.
+            without a runner, the DirectRunner's engine in `multi_processing` mode, one
+            worker per core (`multitower.beam_options.pipeline_options`).
         max_batch_size: The most examples per call of the model.
         num_shards: Parquet files to write; default as many as the day's TFRecord files.
 
@@ -382,7 +383,7 @@ def run_score(config: Config, date: str, out_dir: str, model: str | None = None,
         _LOG.info("score %s: %d file(s) of %s with %s", date, len(files),
                   day_dir(config.data.tfrecords, date), info.path)
         try:
-            with beam.Pipeline(options=options) as p:
+            with make_pipeline(options) as p:
                 build_pipeline(p, files, handler, schema, staging, shards)
             counts = _read_counts(staging)
             file_rows = _file_rows(staging)

@@ -6,7 +6,6 @@ rows were sharded by origin, the in-memory and multi-process runs put rows into 
 The same runs also show that every example carries its origin and lands where its hash says.
 """
 
-import copy
 import gzip
 import json
 import os
@@ -23,6 +22,7 @@ from pipeline.preprocess import run_preprocess
 from pipeline.shards import shard_of
 from pipeline.validate import parse_line
 from tests.published_files import published_files
+from tests.stats_day import with_list_and_like
 
 pytestmark = pytest.mark.integration
 DATE = "2026-01-01"
@@ -46,7 +46,7 @@ def runs(tmp_path_factory, example_raw) -> dict:
     (logs / "extra.jsonl").write_text("\n".join(extra) + "\n")
     out = {}
     for name, beam_args in RUNS.items():
-        raw = copy.deepcopy(example_raw)
+        raw = with_list_and_like(example_raw)  # the statistics of a list feature too
         raw["data"].update(logs=f"{root}/logs/dt={{date}}", tfrecords=f"{root}/{name}/tfrecords",
                            rejected=f"{root}/{name}/rejected", num_shards=3)
         config = parse_config(raw, "test")

@@ -9,7 +9,6 @@ same rows are rejected at the positions each format gives them, and a second run
 day (in memory) and of the Parquet day (`multi_processing`) writes the same bytes.
 """
 
-import copy
 import csv
 import gzip
 import json
@@ -24,7 +23,9 @@ from multitower.config import parse_config
 from multitower.origin import ORIGIN_FILE, ORIGIN_LINE
 from pipeline.generate import MISSABLE, Population, generate_day, generate_logs
 from pipeline.preprocess import run_preprocess
+from pipeline.stats import STATISTICS_KEYS
 from tests.published_files import published_files
+from tests.stats_day import with_list_and_like
 
 pytestmark = pytest.mark.integration
 DATE = "2026-04-01"
@@ -65,7 +66,7 @@ def runs(tmp_path_factory, example_raw) -> dict:
         (plain / path.name.removesuffix(".gz")).write_bytes(gzip.decompress(path.read_bytes()))
     out = {}
     for name, (log_format, folder, beam_args) in RUNS.items():
-        raw = copy.deepcopy(example_raw)
+        raw = with_list_and_like(example_raw)  # a list column in every format, and like
         raw["data"].update(logs=f"{root}/{folder}/dt={{date}}", format=log_format,
                            tfrecords=f"{root}/out/{name}/tfrecords",
                            rejected=f"{root}/out/{name}/rejected", num_shards=3)
@@ -110,7 +111,8 @@ def test_every_format_gives_the_same_examples_in_the_same_order(runs):
 
 
 def test_every_format_gives_the_same_statistics_to_the_last_bit(runs):
-    keys = ("schema_fingerprint", "rows", "rejection_reasons", "defaulted", "numeric", "labels")
+    keys = ("schema_fingerprint", "rows", "rejection_reasons", "defaulted", "numeric", "labels",
+            "truncated", *STATISTICS_KEYS)
     reference = {key: runs["jsonl"]["manifest"][key] for key in keys}
     for name in FORMATS[1:]:
         assert {key: runs[name]["manifest"][key] for key in keys} == reference, name
@@ -125,6 +127,10 @@ def test_every_format_gives_the_same_statistics_to_the_last_bit(runs):
         name: sum(row[name] is None for row in kept) for name in DEFAULTS}
     assert min(reference["defaulted"].values()) > 10
     assert set(MISSABLE) == {*DEFAULTS, "user_activity"}
+    lengths = [min(len(row["recent_items"]), 10) for row in kept]  # max_length 10
+    assert reference["lists"]["recent_items"]["lengths"] == [lengths.count(k) for k in range(11)]
+    assert reference["truncated"]["recent_items"] == sum(
+        len(row["recent_items"]) > 10 for row in kept) > 0
 
 
 def _rejected(run: dict) -> list[dict]:
@@ -152,7 +158,7 @@ def test_each_format_rejects_the_same_rows_at_its_own_positions(runs):
                 assert json.loads(raw)["user_activity"] is None
             else:  # the CSV record as written
                 cells = next(csv.reader([raw]))
-                assert len(cells) == 15 and cells[11] == ""  # user_activity's cell
+                assert len(cells) == 17 and cells[11] == ""  # user_activity's cell
 
 
 def test_csv_and_parquet_days_are_byte_identical_across_runs_and_runner_modes(runs):

@@ -1,17 +1,27 @@
 """Tests of the synthetic impression generator: determinism, schema, and learnable signal."""
 
+import csv
 import datetime as dt
 import gzip
+import io
 import json
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from pipeline.generate import Population, generate_day, generate_logs
+from pipeline.generate import (
+    LIST_DELIMITER,
+    MAX_RECENT,
+    Population,
+    generate_day,
+    generate_logs,
+)
 
 KEYS = {"event_id", "ts", "user_id", "user_segment", "user_country", "item_id", "item_category",
         "device", "hour", "position", "item_price", "user_activity", "click", "conversion",
-        "watch_time"}
+        "watch_time", "like", "recent_items"}
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +84,9 @@ def test_columns_and_types(day):
         assert 1 <= row["position"] <= 20 and isinstance(row["position"], int)
         assert isinstance(row["item_price"], float) and row["item_price"] > 0
         assert row["user_activity"] >= 0
-        assert row["click"] in (0, 1) and row["conversion"] in (0, 1)
+        assert row["click"] in (0, 1) and row["conversion"] in (0, 1) and row["like"] in (0, 1)
+        assert 1 <= len(row["recent_items"]) <= MAX_RECENT
+        assert all(isinstance(item, str) for item in row["recent_items"])
         assert row["watch_time"] >= 0
     assert len({row["event_id"] for row in day}) == len(day)
 
@@ -138,3 +150,55 @@ def test_clicks_are_learnable_from_earlier_days(population):
     prior = 20  # shrinks rarely seen cells towards the global rate
     table = (clicks + prior * click.mean()) / (shown + prior)
     assert _auc(test_click, table[test_cell]) > 0.72
+
+
+def _click_like_correlation(population: Population, task_correlation: float) -> tuple:
+    rows, _ = generate_day(population, "2026-02-04", 20_000, 3, task_correlation)
+    click = np.array([r["click"] for r in rows])
+    like = np.array([r["like"] for r in rows])
+    return float(np.corrcoef(click, like)[0, 1]), click, like
+
+
+def test_like_follows_click_by_task_correlation_without_being_gated(population):
+    measured = {}
+    for setting in (0.0, 0.3, 0.6, 0.9):
+        measured[setting], click, like = _click_like_correlation(population, setting)
+        assert 0.05 < like.mean() < 0.3, setting
+        assert ((like == 1) & (click == 0)).sum() > 100, setting  # likes without a click
+    assert abs(measured[0.0]) < 0.05
+    assert measured[0.0] < measured[0.3] < measured[0.6] < measured[0.9]
+    assert measured[0.9] > 0.6
+
+
+def test_recent_items_are_item_ids_and_carry_click_signal(population, day):
+    category_of = dict(zip(population.item_ids.tolist(),
+                           population.category_names[population.item_category].tolist(),
+                           strict=True))
+    lengths = np.array([len(r["recent_items"]) for r in day])
+    assert lengths.min() == 1 and lengths.max() == MAX_RECENT and 4 < lengths.mean() < 10
+    assert all(item in category_of for r in day[:2000] for item in r["recent_items"])
+    same = np.array([np.mean([category_of[item] == r["item_category"]
+                              for item in r["recent_items"]]) for r in day])
+    click = np.array([r["click"] for r in day])
+    # A user's history holds more of the shown item's category when they click on it.
+    assert same[click == 1].mean() > same[click == 0].mean() + 0.05
+    assert _auc(click, same) > 0.55
+
+
+def test_lists_in_csv_and_parquet(tmp_path):
+    jsonl = generate_logs(str(tmp_path / "j"), "2026-01-30", 1, 200, seed=5, files_per_day=1)
+    rows = _read(jsonl[0])
+    assert all(isinstance(r["recent_items"], list) and r["recent_items"] for r in rows)
+    [path] = generate_logs(str(tmp_path / "c"), "2026-01-30", 1, 200, seed=5, files_per_day=1,
+                           log_format="csv")
+    with gzip.open(path, "rt") as f:
+        records = list(csv.DictReader(io.StringIO(f.read())))
+    assert [r["recent_items"].split(LIST_DELIMITER) for r in records] == [
+        r["recent_items"] for r in rows]
+    assert [int(r["like"]) for r in records] == [r["like"] for r in rows]
+    [path] = generate_logs(str(tmp_path / "p"), "2026-01-30", 1, 200, seed=5, files_per_day=1,
+                           log_format="parquet")
+    table = pq.read_table(path)
+    assert table.schema.field("recent_items").type == pa.list_(pa.string())
+    assert table.column("recent_items").to_pylist() == [r["recent_items"] for r in rows]
+    assert table.column("like").to_pylist() == [r["like"] for r in rows]

@@ -11,10 +11,13 @@ import pytest
 from multitower.config import parse_config
 from pipeline.stats import Moments, ShardStats, day_statistics, empty_shard_stats, row_values
 
+CATEGORIES = {"user_id": "u1", "user_segment": "seg01", "user_country": "US", "item_id": "i1",
+              "item_category": "cat001", "device": "ios", "hour": 7, "recent_items": ["i1"]}
+
 
 def _row(price: float, position: int, activity: float, click: float) -> dict:
     return {"item_price": price, "position": position, "user_activity": activity,
-            "click": click, "conversion": 0.0, "watch_time": 10.0 * click}
+            "click": click, "conversion": 0.0, "watch_time": 10.0 * click, **CATEGORIES}
 
 
 def _shards(rows: list[dict], data, cuts: list[int]) -> list[tuple[int, ShardStats]]:
@@ -93,9 +96,9 @@ def test_missing_optional_labels_are_left_out_of_the_label_statistics(example_ra
     raw = copy.deepcopy(example_raw)
     raw["data"]["tasks"][2]["optional"] = True  # watch_time
     data = parse_config(raw).data
-    base = {f.name: 1 for f in data.features} | {"click": 1.0, "conversion": 0.0}
+    base = {f.name: 1 for f in data.numeric} | CATEGORIES | {"click": 1.0, "conversion": 0.0}
     values = [row_values(base | {"watch_time": w}, data) for w in (4.0, None, 8.0)]
-    assert values[1][-1] is None
+    assert values[1][0][-1] is None
     stats = empty_shard_stats(data)
     for v in values:
         stats.add(v)
