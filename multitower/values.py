@@ -165,3 +165,13 @@ def check_list(
                           f"marks padding")
         elements.append(checked)
     return elements, None
+
+
+def padded(values: list, length: int, pad: Any) -> list:
+    """A list as a `(batch, length)` input takes it: its first `length` elements, then `pad`s.
+
+    What the exported signature takes for a list feature (`multitower.records.pad_lists` pads
+    parsed records the same way), and what the serving client sends.
+    """
+    kept = list(values[:length])
+    return kept + [pad] * (length - len(kept))

@@ -22,7 +22,7 @@ from multitower.config import Config
 from multitower.config.data import DEFAULT_PADS
 from multitower.errors import MultitowerError
 from multitower.rows import Column
-from multitower.values import check_value
+from multitower.values import check_value, padded
 
 Shape = tuple[int, ...] | None  # an input's dims (-1 for any size), None for an unknown rank
 
@@ -97,8 +97,7 @@ def columns(kinds: Mapping[str, str], lists: Mapping[str, ListInput]) -> list[Co
 
 def fit(values: Sequence[Any], spec: ListInput) -> list[Any]:
     """A checked list as its input takes it: the first `L` elements, then pads up to `L`."""
-    kept = list(values[: spec.length])
-    return kept + [spec.pad] * (spec.length - len(kept))
+    return padded(values, spec.length, spec.pad)
 
 
 def fit_lists(features: dict[str, Any], lists: Mapping[str, ListInput]) -> dict[str, Any]:

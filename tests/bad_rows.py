@@ -1,9 +1,10 @@
 """A corpus of log lines that must each be refused with a reason, and lines that must pass.
 
 For the example config (`examples/impressions.yaml`): string features (`user_id`, `device`, ...),
-int64 features (`hour` categorical, `position` numeric), float32 features (`item_price`,
-`user_activity`), binary labels (`click`, `conversion`) and a regression label bounded below
-(`watch_time`, `min: 0`). Every line is one line of a file, without its `\\n`.
+a list of strings (`recent_items`, at most 10 kept), int64 features (`hour` categorical,
+`position` numeric), float32 features (`item_price`, `user_activity`), binary labels (`click`,
+`conversion`) and a regression label bounded below (`watch_time`, `min: 0`). Every line is one
+line of a file, without its `\\n`.
 
 `bad_rows()` returns `BadLine(name, line, reason, where)`: `reason` is a fragment of the
 expected reason, `where` says what is at fault: `line` (its decoding: UTF-8, JSON, endings),
@@ -20,6 +21,7 @@ GOOD: dict = {
     "user_id": "u1", "user_segment": "s1", "user_country": "DE", "item_id": "i9",
     "item_category": "c1", "device": "ios", "hour": 7, "position": 2, "item_price": 19.5,
     "user_activity": 0.5, "click": 1, "conversion": 0, "watch_time": 12.0,
+    "recent_items": ["i3", "i4"],
 }
 LABELS = ("click", "conversion", "watch_time")
 _SLOT = "__VALUE__"
@@ -99,6 +101,23 @@ def bad_rows() -> list[BadLine]:
     cases += _types("item_price", "expected a number", "feature", ("int", "float"))
     cases += _types("click", "expected a binary label 0 or 1", "label", ("true", "false"))
     cases += _types("watch_time", "expected a number", "label", ("int", "float"))
+    cases += [  # a list feature: not a list, or a list with a bad element
+        BadLine("list as a string", with_text("recent_items", '"i3"'),
+                "field 'recent_items': expected a list, got str 'i3'", "feature"),
+        BadLine("list as an object", with_text("recent_items", '{"i": 3}'),
+                "field 'recent_items': expected a list, got dict", "feature"),
+        BadLine("list of a number", with_text("recent_items", '["i3", 4]'),
+                "field 'recent_items': element 1: expected a string, got int 4", "feature"),
+        BadLine("list with null", with_text("recent_items", '[null]'),
+                "field 'recent_items': element 0: null value", "feature"),
+        BadLine("list with the pad", with_text("recent_items", '["i3", ""]'),
+                "field 'recent_items': element 1: equals the pad value ''", "feature"),
+        BadLine("list of lists", with_text("recent_items", '[["i3"]]'),
+                "field 'recent_items': element 0: expected a string, got list", "feature"),
+        BadLine("bad element past max_length", with_text("recent_items",
+                                                         json.dumps(["i"] * 11 + [7])),
+                "field 'recent_items': element 11: expected a string, got int 7", "feature"),
+    ]
     cases += [
         # numbers at and beyond every dtype's range
         BadLine("int64 max + 1", with_text("hour", str(2**63)),
@@ -248,4 +267,7 @@ def good_rows() -> list[tuple[str, bytes]]:
         ("unread column of NaN", with_text("extra", "NaN")),
         ("unread column nested 100 deep", with_text("extra", _nested(99))),
         ("whitespace around", b"  \t" + good_line() + b" \t"),
+        ("empty list", good_line(recent_items=[])),
+        ("list longer than max_length (cut)", good_line(recent_items=[f"i{k}" for k in range(25)])),
+        ("list element of Unicode", good_line(recent_items=["東京", "i\u0000"])),
     ]

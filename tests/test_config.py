@@ -116,6 +116,7 @@ def test_resolved_config_round_trips(tmp_path):
 def test_shared_embedding_tables_must_agree_on_size(raw, tmp_path):
     user, item = raw["data"]["features"][0], raw["data"]["features"][3]
     user["embedding_table"] = item["embedding_table"] = "ids"
+    raw["data"]["features"][-1]["embedding_table"] = "ids"  # recent_items shares item_id's
     config = parse_config(raw)
     assert [f.table for f in config.data.categorical][:4] == ["ids", "user_segment",
                                                               "user_country", "ids"]

@@ -1,11 +1,14 @@
 """Tests of `default:` for missing values: checked at load, filled, counted, fingerprinted."""
 
 import copy
+import hashlib
+import json
 import re
 
 import pytest
 
 from multitower.config import ConfigError, parse_config
+from multitower.origin import ORIGIN_FIELDS
 from multitower.rows import fill_defaults
 from pipeline.stats import day_statistics, empty_shard_stats, row_values
 from pipeline.validate import LogLine, LogRow, RowChecker, parse_line, validate_row
@@ -16,7 +19,10 @@ DEFAULTS = {5: "unknown", 6: 0, 9: 1}  # device (string), hour (int64), user_act
 
 
 def _data(example_raw, defaults=DEFAULTS):
+    """The example config with these defaults (by feature index) and no other."""
     raw = copy.deepcopy(example_raw)
+    for feature in raw["data"]["features"]:  # recent_items declares []
+        feature.pop("default", None)
     for index, value in defaults.items():
         raw["data"]["features"][index]["default"] = value
     return parse_config(raw, "test").data
@@ -45,14 +51,23 @@ def test_defaults_are_held_as_records_hold_them(example_raw):
     assert isinstance(data.defaults["user_activity"], float)
     assert data.required_columns == [
         "user_id", "user_segment", "user_country", "item_id", "item_category", "position",
-        "item_price", "click", "conversion", "watch_time"]
+        "item_price", "recent_items", "click", "conversion", "watch_time"]
 
 
 def test_the_fingerprint_covers_defaults_and_only_when_declared(example_raw):
     plain = _data(example_raw, {}).schema_fingerprint()
     # A config without defaults keeps the fingerprint it had before defaults existed, so its
-    # preprocessed days and models stay valid (value pinned from before this change).
-    assert plain == parse_config(copy.deepcopy(example_raw)).data.schema_fingerprint()
+    # preprocessed days and models stay valid (value pinned from before defaults and lists).
+    data = _data(example_raw, {})
+    before = {"features": [[f.name, f.type, f.dtype] for f in data.features if not
+                           getattr(f, "multivalent", False)],
+              "tasks": [[t.name, t.type, t.label_column, t.optional] for t in data.tasks],
+              "origin": list(ORIGIN_FIELDS)}
+    raw = copy.deepcopy(example_raw)
+    raw["data"]["features"] = [f for f in raw["data"]["features"] if not f.get("multivalent")]
+    assert parse_config(raw).data.schema_fingerprint() == hashlib.sha256(
+        json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
+    assert plain != parse_config(copy.deepcopy(example_raw)).data.schema_fingerprint()
     with_defaults = _data(example_raw).schema_fingerprint()
     assert with_defaults != plain
     assert _data(example_raw, {**DEFAULTS, 5: "other"}).schema_fingerprint() != with_defaults

@@ -41,7 +41,7 @@ class Case(NamedTuple):
 
 
 def _cell(value: object) -> str:
-    return str(value)
+    return "|".join(value) if isinstance(value, list) else str(value)  # a list: `|`-joined
 
 
 def csv_record(**cells: str) -> bytes:
@@ -85,9 +85,9 @@ CSV_CASES = [
     Case("missing feature", csv_record(user_id=""), "missing field 'user_id'"),
     Case("missing label", csv_record(conversion=""), "missing field 'conversion'"),
     Case("too many cells", csv_record() + b",extra",
-         "wrong number of cells: 14, the header has 13"),
+         "wrong number of cells: 15, the header has 14"),
     Case("too few cells", csv_record().rsplit(b",", 1)[0],
-         "wrong number of cells: 12, the header has 13"),
+         "wrong number of cells: 13, the header has 14"),
     Case("text after a closing quote", csv_record(user_id='"u1"x'),
          "invalid CSV: ',' expected after '\"'"),
     Case("CR inside a cell", _with_bytes("device", b"a\rb"),
@@ -100,6 +100,10 @@ CSV_CASES = [
     Case("encoded surrogate", _with_bytes("device", b"\xed\xa0\x80"),
          "invalid UTF-8: invalid continuation byte"),
     Case("empty line", b"", "empty line"),
+    Case("list with an empty element", csv_record(recent_items="i3||i4"),
+         "field 'recent_items': element 1: equals the pad value ''"),
+    Case("list with a trailing delimiter", csv_record(recent_items="i3|"),
+         "field 'recent_items': element 1: equals the pad value ''"),
 ]
 CSV_GOOD = [
     Case("plain", csv_record(), None),
@@ -114,6 +118,10 @@ CSV_GOOD = [
     Case("an integer for a float", csv_record(item_price="19"), None),
     Case("int64 max", csv_record(hour=str(2**63 - 1)), None),
     Case("UTF-8 text", csv_record(user_country="Côte d'Ivoire 🌍"), None),
+    Case("list of one", csv_record(recent_items="i3"), None),
+    Case("list longer than max_length", csv_record(recent_items="|".join("abcdefghijkl")), None),
+    Case("quoted list holding the delimiter", csv_record(recent_items='"i,3|i4"'), None),
+    Case("empty list cell: its default []", csv_record(recent_items=""), None),
 ]
 
 
@@ -138,6 +146,13 @@ def csv_corpus() -> tuple[bytes, list[tuple[int, Case]]]:
         text += case.content + b"\n"
         line += case.content.count(b"\n") + 1
     return text, placed
+
+
+def _defaulted(case: Case) -> tuple[str, ...]:
+    """The features a good case's row fills with their default: device, or recent_items ([])."""
+    if "default []" in case.name:
+        return ("recent_items",)
+    return ("device",) if "default" in case.name else ()
 
 
 def _data(example_raw: dict, log_format: str, root=None):
@@ -165,8 +180,7 @@ def test_each_csv_record_is_rejected_with_its_reason_or_accepted(example_raw):
         clean, reason, defaulted, _ = checker.check(row)
         if case.reason is None:
             assert reason is None, (case.name, reason)
-            assert defaulted == (("device",) if case.name == "missing value with a default"
-                                 else ()), case.name
+            assert defaulted == _defaulted(case), case.name
         else:
             assert case.reason in reason, (case.name, reason)
             assert raw_text(row) == case.content.decode("utf-8", "replace"), case.name
@@ -183,7 +197,7 @@ def _strings(values: list) -> pa.Array:
 # Column types of the corpus file: wide enough to hold every malformed value.
 PARQUET_TYPES = {"hour": pa.uint64(), "position": pa.int64(), "item_price": pa.float64(),
                  "user_activity": pa.float64(), "click": pa.int64(), "conversion": pa.float64(),
-                 "watch_time": pa.float64()}
+                 "watch_time": pa.float64(), "recent_items": pa.list_(pa.string())}
 PARQUET_CASES = [
     Case("null feature", {"user_id": None}, "missing field 'user_id'"),
     Case("null label", {"click": None}, "missing field 'click'"),
@@ -217,6 +231,10 @@ PARQUET_CASES = [
          "field 'user_segment': invalid UTF-8"),
     Case("invalid UTF-8 where a default would go", {"device": b"\xc0\xaf"},
          "field 'device': invalid UTF-8"),
+    Case("list with a null element", {"recent_items": ["i3", None]},
+         "field 'recent_items': element 1: null value"),
+    Case("list with the pad value", {"recent_items": [""]},
+         "field 'recent_items': element 0: equals the pad value ''"),
 ]
 PARQUET_GOOD = [
     Case("plain", {}, None),
@@ -225,6 +243,9 @@ PARQUET_GOOD = [
     Case("binary 1.0 as a float", {"conversion": 1.0}, None),
     Case("tiny float", {"item_price": 1e-46}, None),
     Case("empty string", {"user_id": ""}, None),  # a value in Parquet, unlike an empty CSV cell
+    Case("empty list", {"recent_items": []}, None),  # a value in Parquet, unlike in CSV
+    Case("null list: its default []", {"recent_items": None}, None),
+    Case("list longer than max_length", {"recent_items": list("abcdefghijkl")}, None),
 ]
 
 
@@ -261,7 +282,7 @@ def test_each_parquet_row_is_rejected_with_its_reason_or_accepted(example_raw):
         _, reason, defaulted, _ = checker.check(row)
         if case.reason is None:
             assert reason is None, (case.name, reason)
-            assert defaulted == (("device",) if "default" in case.name else ()), case.name
+            assert defaulted == _defaulted(case), case.name
         else:
             assert case.reason in reason, (case.name, reason)
             assert _same_json(json.loads(raw_text(row)), _expected_raw(case)), case.name
@@ -314,7 +335,9 @@ def _check_counts(manifest: dict, readable: dict, faulty: dict, root) -> None:
     assert rows["read"] == sum(v[1] for v in readable.values())
     assert rows["written"] == sum(v[2] for v in readable.values())
     assert rows["read"] == rows["written"] + rows["rejected"]
-    assert manifest["defaulted"] == {"device": sum(v[3] for v in readable.values())}
+    assert manifest["defaulted"] == {  # each corpus holds one list that takes its default []
+        "device": sum(v[3] for v in readable.values()),
+        "recent_items": sum(name.startswith("corpus.") for name in readable)}
     logs = root / "logs" / f"dt={DATE}"
     skipped = {s["file"]: s["fault"] for s in manifest["skipped_files"]}
     assert sorted(skipped) == sorted(str(logs / name) for name in faulty)
@@ -371,6 +394,9 @@ PARQUET_FAULTY = {  # name -> (content, or None: made by _faulty_parquet; the fa
     "no-user.parquet": (None, "the column 'user_id' is missing (feature 'user_id' (string) has "
                               "no default)"),
     "device-list.parquet": (None, "the column 'device' is list<element: string>"),
+    "recent-items-string.parquet": (None, "the column 'recent_items' is string, but feature "
+                                          "'recent_items' (a list of string) needs a list column "
+                                          "of strings"),
     "text.parquet": (_CORPUS_TEXT, "not a readable Parquet file: Parquet magic bytes not found"),
     "truncated.parquet": (_PARQUET[: len(_PARQUET) // 2], "not a readable Parquet file: "),
     "damaged.parquet": (_damaged(_NO_DEVICE), "corrupt Parquet data: "),
@@ -389,6 +415,7 @@ def _faulty_parquet() -> dict:
         "hour-string.parquet": _table_bytes({**good, "hour": ["7", "8"]}),
         "no-user.parquet": _table_bytes({n: v for n, v in good.items() if n != "user_id"}),
         "device-list.parquet": _table_bytes({**good, "device": [["ios"], ["tv"]]}),
+        "recent-items-string.parquet": _table_bytes({**good, "recent_items": ["i3", "i4"]}),
     }
     return {name: (made.get(name, content), fault)
             for name, (content, fault) in PARQUET_FAULTY.items()}

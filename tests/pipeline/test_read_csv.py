@@ -152,12 +152,13 @@ def test_rows_hold_converted_non_empty_cells(example_raw):
 def test_configured_columns_mean_no_header(example_raw):
     data = _config(example_raw)
     names = [f.name for f in data.features] + [t.label_column for t in data.tasks]
-    configured = _config(example_raw, columns=names, delimiter="|")
-    cells = b"u1|s|DE|i1|c|ios|7|2|19.5|0.5|1|0|12"
+    configured = _config(example_raw, columns=names, delimiter="|", list_delimiter=";")
+    cells = b"u1|s|DE|i1|c|ios|7|2|19.5|0.5|i1;i2|1|0|12"
     assert csv_fault(io.BytesIO(b"no|header|here\n"), configured) is None
     rows = list(csv_rows(io.BytesIO(cells + b"\n" + cells[:-3] + b"\n"), "/l/a.csv", configured))
     assert rows[0].line == 1 and rows[0].row["item_price"] == 19.5 and rows[0].row["hour"] == 7
-    assert rows[1].reason == "wrong number of cells: 12, data.csv.columns names 13"
+    assert rows[0].row["recent_items"] == ["i1", "i2"]
+    assert rows[1].reason == "wrong number of cells: 13, data.csv.columns names 14"
 
 
 @pytest.mark.parametrize(("csv", "message"), [

@@ -19,7 +19,7 @@ TYPES = {"user_id": pa.string(), "user_segment": pa.string(), "user_country": pa
          "item_id": pa.string(), "item_category": pa.string(), "device": pa.string(),
          "hour": pa.int64(), "position": pa.int64(), "item_price": pa.float64(),
          "user_activity": pa.float64(), "click": pa.int64(), "conversion": pa.int64(),
-         "watch_time": pa.float64()}
+         "watch_time": pa.float64(), "recent_items": pa.list_(pa.string())}
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ def _row(i: int) -> dict:
         "user_id": f"u{i}", "user_segment": "s1", "user_country": "DE", "item_id": f"i{i}",
         "item_category": "c2", "device": "ios", "hour": i % 24, "position": i,
         "item_price": i / 2, "user_activity": 1.0, "click": i % 2, "conversion": 0,
-        "watch_time": float(i),
+        "watch_time": float(i), "recent_items": [f"i{k}" for k in range(i % 3)],
     }
 
 
@@ -42,6 +42,8 @@ def test_batches_hold_raw_features_and_column_labels(tmp_path):
     features, labels = next(iter(make_dataset(files, data, 4, repeat=False)))
     assert features["user_id"].dtype == tf.string and features["hour"].dtype == tf.int64
     assert features["item_price"].dtype == tf.float32
+    assert features["recent_items"].numpy().tolist() == [  # padded to max_length 10
+        [b""] * 10, [b"i0"] + [b""] * 9, [b"i0", b"i1"] + [b""] * 8, [b""] * 10]
     assert labels["click"].shape == (4, 1)
     np.testing.assert_array_equal(features["position"].numpy(), [0, 1, 2, 3])
     np.testing.assert_allclose(labels["watch_time"].numpy()[:, 0], [0.0, 1.0, 2.0, 3.0])

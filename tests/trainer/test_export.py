@@ -55,6 +55,10 @@ def _examples(config, n, seed=0):
     for line in range(n):
         row = {}
         for f in config.data.features:
+            if getattr(f, "multivalent", False):  # 0 to max_length + 2 elements (cut below)
+                row[f.name] = [f"{f.name}-{rng.integers(30)}"
+                               for _ in range(rng.integers(f.max_length + 3))][:f.max_length]
+                continue
             row[f.name] = (f"{f.name}-{rng.integers(30)}" if f.dtype == "string" else
                            int(rng.integers(24)) if f.dtype == "int64" else
                            float(rng.normal(3.0, 2.0)))
@@ -70,14 +74,23 @@ def _network(config, seed=0):
     return build_network(config, {f.name: {"mean": 3.0, "std": 2.0} for f in config.data.numeric})
 
 
-def _features(examples):
-    """The features of serialized Examples, parsed independently of the code under test."""
+def _features(examples, lists=None):
+    """The features of serialized Examples, parsed independently of the code under test.
+
+    `lists` maps a list feature to `(max_length, pad)`: its elements, padded.
+    """
+    lists = lists or {}
     features = {}
     for serialized in examples:
         example = tf.train.Example.FromString(serialized)
         for name, feature in example.features.feature.items():
-            kind = feature.WhichOneof("kind")
-            features.setdefault(name, []).append(getattr(feature, kind).value[0])
+            values = list(getattr(feature, feature.WhichOneof("kind")).value)
+            if name in lists:
+                length, pad = lists[name]
+                pad = pad.encode() if isinstance(pad, str) else pad
+                features.setdefault(name, []).append(values + [pad] * (length - len(values)))
+            else:
+                features.setdefault(name, []).append(values[0])
     return features
 
 
@@ -98,7 +111,9 @@ def test_the_warmup_file_is_a_tfrecord_of_prediction_logs_over_the_days_first_ro
     logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy())
             for r in tf.data.TFRecordDataset(file)]  # uncompressed TFRecord
     assert [log.WhichOneof("log_type") for log in logs] == ["predict_log", "predict_log"]
-    features = _features(examples[:WARMUP])
+    lists = {f.name: (f.max_length, f.list_pad) for f in config.data.multivalent}
+    assert lists  # the example config holds a list feature
+    features = _features(examples[:WARMUP], lists)
     kinds = {"string": tf.string, "int64": tf.int64, "float32": tf.float32}
     for log, size in zip(logs, [1, WARMUP], strict=True):
         request = log.predict_log.request
@@ -108,13 +123,14 @@ def test_the_warmup_file_is_a_tfrecord_of_prediction_logs_over_the_days_first_ro
         for f in config.data.features:
             proto = request.inputs[f.name]
             assert proto.dtype == kinds[f.dtype].as_datatype_enum
-            assert [d.size for d in proto.tensor_shape.dim] == [size]
+            shape = [size, lists[f.name][0]] if f.name in lists else [size]
+            assert [d.size for d in proto.tensor_shape.dim] == shape
             values = tf.make_ndarray(proto)
             expected = features[f.name][:size]
             if f.dtype == "float32":
                 np.testing.assert_allclose(values, expected, rtol=1e-6)
-            else:
-                assert list(values) == expected  # the labels and origin fields are not inputs
+            else:  # the labels and origin fields are not inputs
+                assert values.tolist() == expected
 
 
 def test_warmup_requests_run_against_the_export_give_the_models_outputs(exported):
@@ -139,7 +155,8 @@ def test_predict_examples_scores_the_tfrecords_own_format_as_serving_default_doe
     config, _, examples, path = exported
     loaded = tf.saved_model.load(path)
     by_examples = loaded.signatures[EXAMPLES_SIGNATURE](examples=tf.constant(examples))
-    features = _features(examples)
+    features = _features(examples, {f.name: (f.max_length, f.list_pad)
+                                    for f in config.data.multivalent})
     rows = {f.name: tf.constant(features[f.name], input_dtypes(config)[f.name])
             for f in config.data.features}
     by_rows = loaded.signatures["serving_default"](**rows)

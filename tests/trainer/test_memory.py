@@ -30,6 +30,7 @@ def test_estimate_counts_rows_width_and_the_optimizer_slots():
 def test_a_table_beyond_the_budget_is_refused_naming_the_key():
     raw = _config(memory_budget_bytes=1 << 30)
     raw["data"]["features"][3]["hash_buckets"] = 2**40  # item_id
+    raw["data"]["features"][-1]["hash_buckets"] = 2**40  # recent_items shares its table
     with pytest.raises(MemoryBudgetError) as info:
         check_memory(parse_config(raw))
     message = str(info.value)

@@ -22,6 +22,7 @@ import tf_keras as keras
 
 from multitower.config import load_config
 from multitower.records import feature_dtype
+from multitower.values import padded
 from trainer.embeddings import PartitionedEmbedding
 from multitower.cluster import task_info
 from trainer.strategy import make_strategy
@@ -63,7 +64,9 @@ def main() -> None:
         with open(sys.argv[4]) as f:
             rows = [json.loads(line) for line in f]
         features = {
-            f.name: tf.constant([r[f.name] for r in rows], dtype=feature_dtype(f.dtype))
+            f.name: tf.constant([padded(r[f.name], f.max_length, f.list_pad)  # a list: padded
+                                 if getattr(f, "multivalent", False) else r[f.name] for r in rows],
+                                dtype=feature_dtype(f.dtype))
             for f in config.data.features
         }
         outputs = network(features, training=False)

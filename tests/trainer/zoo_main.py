@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from multitower.config import load_config
 from multitower.records import feature_dtype
+from multitower.values import padded
 from trainer.export import serving_function
 from multitower.cluster import task_info
 from trainer.strategy import make_strategy
@@ -45,7 +46,9 @@ def main() -> None:
         # Every worker runs the model: reading batch-norm statistics of the distributed model is
         # a collective, so a chief-only call would wait for the others forever.
         features = {
-            f.name: tf.constant([r[f.name] for r in rows], dtype=feature_dtype(f.dtype))
+            f.name: tf.constant([padded(r[f.name], f.max_length, f.list_pad)  # a list: padded
+                                 if getattr(f, "multivalent", False) else r[f.name] for r in rows],
+                                dtype=feature_dtype(f.dtype))
             for f in config.data.features
         }
         served = serving_function(result.model.network, config)(features)
