@@ -37,12 +37,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 import tenacity
 
 from multitower.rows import Column, check_row
 from multitower.values import describe
+from serving.answers import KINDS, BatchScores, ModelInfo, Scores, Signature, VersionStatus
 from serving.errors import (
     DeadlineError,
     RowsError,
@@ -52,15 +53,13 @@ from serving.errors import (
     UnavailableError,
     server_error,
 )
-from serving.lists import ListInput, ListInputError, Shape, columns, fit_lists, list_inputs
+from serving.lists import ListInputError, fit_lists, list_inputs
 
 DEFAULT_SIGNATURE = "serving_default"
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_TIMEOUT = 10.0  # seconds per request
 AVAILABLE = "AVAILABLE"
 LISTED_ROWS = 20  # bad rows a refusal lists, as serving.predict.LISTED_BAD_ROWS
-# A signature's input dtypes (TensorFlow's enum names) as the value checker's kinds.
-KINDS = {"DT_STRING": "string", "DT_INT64": "int64", "DT_FLOAT": "float32"}
 
 T = TypeVar("T")
 # The errors live in `serving.errors`; they are part of this module's interface too.
@@ -92,67 +91,6 @@ class RetryPolicy:
             raise ServingError(f"retry attempts must be at least 1, got {self.attempts}")
         if min(self.initial_backoff, self.max_backoff) < 0 or self.multiplier < 1:
             raise ServingError(f"retry backoffs must be >= 0 and the multiplier >= 1, got {self}")
-
-
-class VersionStatus(NamedTuple):
-    """One version's state as `GetModelStatus` reports it (`ModelVersionStatus`)."""
-
-    version: int
-    state: str  # UNKNOWN, START, LOADING, AVAILABLE, UNLOADING, END
-    error_code: str = "OK"
-    error_message: str = ""
-
-
-_NO_SHAPES: Mapping[str, Shape] = MappingProxyType({})
-_NO_LISTS: Mapping[str, ListInput] = MappingProxyType({})
-
-
-class Signature(NamedTuple):
-    """A served signature: input dtypes, output names, and input shapes.
-
-    `inputs` is `{input name: dtype name}` (`DT_STRING` ...); `shapes` is `{input name: dims}`
-    as the metadata gives them (-1 for any size, None for an unknown rank; an input left out
-    takes one value per row).
-    """
-
-    name: str
-    inputs: dict[str, str]
-    outputs: tuple[str, ...]
-    shapes: Mapping[str, Shape] = _NO_SHAPES
-
-    def kinds(self) -> dict[str, str]:
-        """`{input: value kind}` (every input's dtype must be in `KINDS`)."""
-        return {name: KINDS[dtype] for name, dtype in self.inputs.items()}
-
-    def columns(self, lists: Mapping[str, ListInput] = _NO_LISTS) -> list[Column]:
-        """The inputs as the value checker's columns; `lists` are the list-valued inputs."""
-        return columns(self.kinds(), lists)
-
-
-class ModelInfo(NamedTuple):
-    """What the server says about the selected model: statuses, signature, resolved version.
-
-    `lists` holds the signature's list-valued inputs, their lengths and pads (`serving.lists`).
-    """
-
-    versions: tuple[VersionStatus, ...]
-    signature: Signature
-    version: int | None  # the version the metadata answer is for, if the server named it
-    lists: Mapping[str, ListInput] = _NO_LISTS
-
-
-class BatchScores(NamedTuple):
-    """One request's answer: `{output: one score per row}`, and the version that answered."""
-
-    scores: dict[str, list[float]]
-    version: int | None  # gRPC names it in each answer; REST answers do not
-
-
-class Scores(NamedTuple):
-    """Every row's scores, in row order, and the versions that answered (when known)."""
-
-    scores: dict[str, list[float]]
-    versions: tuple[int, ...]
 
 
 class ServingClient(ABC):
