@@ -46,7 +46,7 @@ def feature_dtype(dtype: str) -> tf.DType:
 
 
 def _feature_spec(feature: Feature) -> tf.io.FixedLenFeature | tf.io.RaggedFeature:
-    if getattr(feature, "multivalent", False):
+    if feature.multivalent:
         return tf.io.RaggedFeature(feature_dtype(feature.dtype), row_splits_dtype=tf.int64)
     return tf.io.FixedLenFeature([], feature_dtype(feature.dtype))
 

@@ -56,7 +56,7 @@ def _roles(data: DataConfig) -> list[tuple[str, str, str]]:
     """
     roles = []
     for f in data.features:
-        if getattr(f, "multivalent", False):
+        if f.multivalent:
             kind = f"list of {f.dtype}"
             roles.append((f.name, kind, f"feature {f.name!r} (a {kind})"))
         else:

@@ -71,7 +71,7 @@ class Checked(NamedTuple):
 def columns(data: DataConfig) -> list[Column]:
     """Every feature and label column of the config, with its kind and bounds."""
     return [Column(f.name, f.dtype, multivalent=True, pad=f.list_pad)
-            if getattr(f, "multivalent", False) else Column(f.name, f.dtype)
+            if f.multivalent else Column(f.name, f.dtype)
             for f in data.features] + [
         Column(t.label_column, t.type, t.optional, t.min, t.max) for t in data.tasks]
 

@@ -207,7 +207,7 @@ def check_features(info: VersionInfo, data: DataConfig) -> None:
     Raises:
         ScoreInputError: Naming the version and the features.
     """
-    have = {f.name: f.dtype + (f" list of {f.max_length}" if getattr(f, "multivalent", False)
+    have = {f.name: f.dtype + (f" list of {f.max_length}" if f.multivalent
                                else "") for f in data.features}
     read = {name: dtype + (f" list of {info.list_lengths[name]}" if name in info.list_lengths
                            else "") for name, dtype in info.features.items()}

@@ -112,7 +112,7 @@ def input_dtypes(config: Config) -> dict[str, tf.DType]:
 
 def input_shapes(config: Config) -> dict[str, list[int | None]]:
     """`{feature: shape}` of `serving_default`'s inputs: `[None]`, lists `[None, max_length]`."""
-    return {f.name: [None, f.max_length] if getattr(f, "multivalent", False) else [None]
+    return {f.name: [None, f.max_length] if f.multivalent else [None]
             for f in config.data.features}
 
 

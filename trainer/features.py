@@ -138,7 +138,7 @@ def raw_inputs(data: DataConfig) -> dict[str, keras.Input]:
     Shape `()` per example, or `(max_length,)` for a list feature (padded, see `PoolList`).
     """
     return {
-        f.name: keras.Input(shape=(f.max_length,) if getattr(f, "multivalent", False) else (),
+        f.name: keras.Input(shape=(f.max_length,) if f.multivalent else (),
                             dtype=feature_dtype(f.dtype), name=f.name)
         for f in data.features
     }

@@ -116,6 +116,11 @@ class NumericFeature(Strict):
     dtype: Literal["float32", "int64"] = "float32"
     default: DefaultValue = None  # what a missing or null value becomes; None: reject the row
 
+    @property
+    def multivalent(self) -> bool:
+        """Always False: only a categorical feature may hold a list (`CategoricalFeature`)."""
+        return False
+
     @model_validator(mode="after")
     def _default_fits(self) -> NumericFeature:
         _check_default(self.name, self.dtype, self.default)
@@ -323,7 +328,7 @@ class DataConfig(Strict):
         schema = {
             "features": [[f.name, f.type, f.dtype]
                          + ([["default", defaults[f.name]]] if f.name in defaults else [])
-                         + ([["list", f.max_length, f.list_pad]] if getattr(f, "multivalent", False)
+                         + ([["list", f.max_length, f.list_pad]] if f.multivalent
                             else [])
                          for f in self.features],
             "tasks": [[t.name, t.type, t.label_column, t.optional] for t in self.tasks],

@@ -60,7 +60,7 @@ def test_the_fingerprint_covers_defaults_and_only_when_declared(example_raw):
     # preprocessed days and models stay valid (value pinned from before defaults and lists).
     data = _data(example_raw, {})
     before = {"features": [[f.name, f.type, f.dtype] for f in data.features if not
-                           getattr(f, "multivalent", False)],
+                           f.multivalent],
               "tasks": [[t.name, t.type, t.label_column, t.optional] for t in data.tasks],
               "origin": list(ORIGIN_FIELDS)}
     raw = copy.deepcopy(example_raw)

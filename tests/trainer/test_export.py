@@ -55,7 +55,7 @@ def _examples(config, n, seed=0):
     for line in range(n):
         row = {}
         for f in config.data.features:
-            if getattr(f, "multivalent", False):  # 0 to max_length + 2 elements (cut below)
+            if f.multivalent:  # 0 to max_length + 2 elements (cut below)
                 row[f.name] = [f"{f.name}-{rng.integers(30)}"
                                for _ in range(rng.integers(f.max_length + 3))][:f.max_length]
                 continue

@@ -65,7 +65,7 @@ def main() -> None:
             rows = [json.loads(line) for line in f]
         features = {
             f.name: tf.constant([padded(r[f.name], f.max_length, f.list_pad)  # a list: padded
-                                 if getattr(f, "multivalent", False) else r[f.name] for r in rows],
+                                 if f.multivalent else r[f.name] for r in rows],
                                 dtype=feature_dtype(f.dtype))
             for f in config.data.features
         }
