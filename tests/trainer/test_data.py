@@ -71,3 +71,59 @@ def test_fewer_files_than_workers_shards_records(tmp_path):
     ]
     assert sorted(sum(seen, [])) == list(range(12))
     assert all(len(s) == 4 for s in seen)
+
+
+def _batches(ds, n: int | None = None) -> list[list[int]]:
+    return [[int(p) for p in features["position"].numpy()]
+            for features, _ in (ds.take(n) if n else ds)]
+
+
+def test_a_shuffled_pass_holds_every_row_once_in_an_order_the_seed_decides(tmp_path):
+    data = parse_config(yaml.safe_load(EXAMPLE.read_text())).data
+    files = _write(tmp_path, 3, 10, data)
+
+    def order(seed: int) -> list[list[int]]:
+        return _batches(make_dataset(files, data, 4, shuffle_buffer=8, seed=seed, repeat=False,
+                                     drop_remainder=False))
+
+    first = order(7)
+    assert sorted(sum(first, [])) == list(range(30))
+    assert [len(b) for b in first] == [4] * 7 + [2]
+    assert order(7) == first  # a rerun (or a relaunch) sees the same order
+    assert order(8) != first
+    # Blocks of 8 rows (two batches) are permuted within themselves: the rows of a block of
+    # the unshuffled stream stay in that block.
+    unshuffled = _batches(make_dataset(files, data, 4, repeat=False, drop_remainder=False))
+    for k in range(0, 8, 2):
+        assert sorted(sum(first[k:k + 2], [])) == sorted(sum(unshuffled[k:k + 2], []))
+    assert first[:2] != unshuffled[:2]
+
+
+def test_a_repeated_stream_shuffles_each_pass_differently(tmp_path):
+    data = parse_config(yaml.safe_load(EXAMPLE.read_text())).data
+    files = _write(tmp_path, 1, 8, data)
+    stream = sum(_batches(make_dataset(files, data, 4, shuffle_buffer=8, seed=1), 4), [])
+    passes = [stream[:8], stream[8:16]]
+    assert sorted(passes[0]) == sorted(passes[1]) == list(range(8))
+    assert passes[0] != passes[1]
+
+
+def test_skipped_batches_resume_the_stream_exactly(tmp_path):
+    data = parse_config(yaml.safe_load(EXAMPLE.read_text())).data
+    files = _write(tmp_path, 2, 9, data)
+    full = _batches(make_dataset(files, data, 2, shuffle_buffer=5, seed=3), 16)  # blocks of 6
+    for skip in (1, 3, 4, 7):
+        resumed = make_dataset(files, data, 2, shuffle_buffer=5, seed=3, skip_batches=skip)
+        assert _batches(resumed, 16 - skip) == full[skip:], skip
+
+
+def test_workers_shuffle_their_own_disjoint_shards(tmp_path):
+    data = parse_config(yaml.safe_load(EXAMPLE.read_text())).data
+    files = _write(tmp_path, 4, 6, data)
+    seen = [
+        _positions(make_dataset(files, data, 4, _context(2, i), shuffle_buffer=6, seed=5,
+                                repeat=False, drop_remainder=False))
+        for i in range(2)
+    ]
+    assert not set(seen[0]) & set(seen[1])
+    assert sorted(seen[0] + seen[1]) == list(range(24))
