@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,3 +61,24 @@ def config_in(
     path.write_text(yaml.safe_dump(raw))
     return path
 
+
+
+def device_batch(n: int, rng: np.random.Generator, ids: int = 50
+                 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Rows of the example's features where click depends on the device alone (learnable in a
+    few steps); user and item ids drawn from `ids` values, recent items padded to 10 with ""."""
+    device = rng.choice(["ios", "web"], size=n)
+    features = {
+        "user_id": np.array([f"u{i}" for i in rng.integers(0, ids, n)]),
+        "user_segment": np.full(n, "s1"), "user_country": np.full(n, "DE"),
+        "item_id": np.array([f"i{i}" for i in rng.integers(0, ids, n)]),
+        "item_category": np.full(n, "c1"), "device": device,
+        "hour": rng.integers(0, 24, n), "position": rng.integers(1, 10, n),
+        "item_price": rng.normal(20, 5, n).astype(np.float32),
+        "user_activity": rng.exponential(2, n).astype(np.float32),
+        "recent_items": np.array([[f"i{rng.integers(ids)}" if k <= i % 3 else ""
+                                   for k in range(10)] for i in range(n)]),
+    }
+    click = (device == "ios").astype(np.float32)
+    return features, {"click": click[:, None], "conversion": (click * 0)[:, None],
+                      "watch_time": (click * 3)[:, None]}

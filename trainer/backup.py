@@ -19,7 +19,7 @@ from trainer.model_dir import ModelDir
 
 
 class MidDayBackup(keras.callbacks.Callback):
-    """Saves `checkpoint` into `directory` every `every` global steps (every worker).
+    """Saves `checkpoint` into `directory` about every `every` global steps (every worker).
 
     Args:
         checkpoint: The training checkpoint.
@@ -27,19 +27,28 @@ class MidDayBackup(keras.callbacks.Callback):
         every: Steps between backups.
         is_chief: Whether this process is the chief (only its backups land).
         first_step: The global step this run starts from.
+        last_step: The day's last global step: no backup there, the day's checkpoint follows.
     """
 
     def __init__(self, checkpoint: tf.train.Checkpoint, directory: str, every: int,
-                 is_chief: bool, first_step: int) -> None:
+                 is_chief: bool, first_step: int, last_step: int | None = None) -> None:
         super().__init__()
         self._every = every
+        self._last_step = last_step
         self._first_step = first_step
+        self._last = first_step
         self._saver = CollectiveSaver(checkpoint, directory, is_chief, max_to_keep=1)
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        # Keras calls it once per call of the train function (`train.steps_per_execution`
+        # steps): a backup is saved at the first call boundary at or past each multiple of
+        # `every`.
         step = self._first_step + batch + 1
-        if step % self._every == 0:
+        if step == self._last_step:
+            return
+        if step // self._every > self._last // self._every:
             self._saver.save(step)
+        self._last = step
 
     def on_train_end(self, logs: dict | None = None) -> None:
         self._saver.close()

@@ -80,8 +80,12 @@ def evaluate_model(config: Config, network: keras.Model, date: str, checkpoint: 
                            drop_remainder=False)
     outputs: dict[str, list[np.ndarray]] = {}
     labels: dict[str, list[np.ndarray]] = {}
+    # One traced graph for every batch (a last, smaller batch traces once more), rather than
+    # every layer run op by op in eager mode; AutoGraph off as in `build_network`.
+    score = tf.function(lambda features: network(features, training=False), autograph=False,
+                        reduce_retracing=True)
     for features, batch_labels in dataset:
-        for name, value in network(features, training=False).items():
+        for name, value in score(features).items():
             outputs.setdefault(name, []).append(value.numpy())
         for name, value in batch_labels.items():
             labels.setdefault(name, []).append(value.numpy()[:, 0])

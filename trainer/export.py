@@ -132,7 +132,7 @@ def serving_function(model: keras.Model, config: Config) -> tf.types.experimenta
     specs = {name: tf.TensorSpec(shapes[name], dtype, name=name)
              for name, dtype in input_dtypes(config).items()}
 
-    @tf.function(input_signature=[specs])
+    @tf.function(input_signature=[specs], autograph=False)  # no Python control flow to convert
     def serve(features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         return _outputs(model, config, features)
 
@@ -142,7 +142,8 @@ def serving_function(model: keras.Model, config: Config) -> tf.types.experimenta
 def examples_function(model: keras.Model, config: Config
                       ) -> tf.types.experimental.ConcreteFunction:
     """The `predict_examples` concrete function over serialized `tf.train.Example`s."""
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)],
+                 autograph=False)
     def score_examples(examples: tf.Tensor) -> dict[str, tf.Tensor]:
         return _outputs(model, config, parse_examples(examples, config.data, labels=False))
 
@@ -182,6 +183,19 @@ def warmup_requests(config: Config, examples: Sequence[bytes]) -> list[PredictRe
                             dtypes, shapes=shapes) for size in sizes]
 
 
+class _Servable(tf.Module):
+    """What an export saves: the network's variables (which the signatures read), no Keras.
+
+    Saving the Keras model itself makes tf-keras trace its call and every layer's call again
+    for its own loader's metadata: 24 of 26 s of exporting a 27-table MMoE. TF Serving and
+    `tf.saved_model.load` use the signatures only.
+    """
+
+    def __init__(self, model: keras.Model) -> None:
+        super().__init__(name=model.name)
+        self.weights = list(model.weights)
+
+
 def export_saved_model(model: keras.Model, config: Config, version: int,
                        examples: Sequence[bytes] | None = None) -> str:
     """Writes `model` as version `version`; the folder appears only once complete and checked.
@@ -211,7 +225,7 @@ def export_saved_model(model: keras.Model, config: Config, version: int,
     tmp = os.path.join(base, f".tmp-{version}-{uuid.uuid4().hex}")
     tf.io.gfile.makedirs(base)
     try:
-        tf.saved_model.save(model, tmp, signatures={
+        tf.saved_model.save(_Servable(model), tmp, signatures={
             DEFAULT_SIGNATURE: serving_function(model, config),
             EXAMPLES_SIGNATURE: examples_function(model, config),
         })

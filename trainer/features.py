@@ -7,6 +7,7 @@ serving path needs no second copy of the feature code.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import tensorflow as tf
 import tf_keras as keras
@@ -14,7 +15,7 @@ import tf_keras as keras
 from multitower.config import DataConfig, EmbeddingsConfig
 from multitower.config.data import COMBINERS
 from multitower.records import feature_dtype
-from trainer.embeddings import PartitionedEmbedding
+from trainer.embeddings import FusedEmbedding, PartitionedEmbedding, fused_name
 
 
 @keras.utils.register_keras_serializable(package="multitower")
@@ -144,25 +145,92 @@ def raw_inputs(data: DataConfig) -> dict[str, keras.Input]:
     }
 
 
+@dataclass(frozen=True)
+class TableGroup:
+    """Tables fused into one variable: one `embedding_dim`, one placement.
+
+    `tables` are `(table, hash_buckets)` in row order, `features` the features reading them, both
+    in the order they first appear in `data.features`.
+    """
+
+    name: str
+    dim: int
+    placement: str
+    tables: tuple[tuple[str, int], ...]
+    features: tuple[str, ...]
+
+    @property
+    def rows(self) -> int:
+        return sum(rows for _, rows in self.tables)
+
+
+def table_groups(data: DataConfig, embeddings: EmbeddingsConfig, prefix: str = ""
+                 ) -> list[TableGroup]:
+    """The fused groups: tables of the same `embedding_dim` and placement, in config order.
+
+    A group is named `<prefix>embed_fused_d<dim>_<placement>` and ordered by its first table's
+    first feature; within it, tables by their first feature. A shared table (`embedding_table:`
+    naming another feature's table) is one member whatever the number of its features.
+    """
+    found: dict[tuple[int, str], dict] = {}
+    for f in data.categorical:
+        key = (f.embedding_dim, embeddings.placement_of(f.table))
+        group = found.setdefault(key, {"tables": {}, "features": []})
+        group["tables"].setdefault(f.table, f.hash_buckets)
+        group["features"].append(f.name)
+    return [TableGroup(fused_name(dim, placement, prefix), dim, placement,
+                       tuple(g["tables"].items()), tuple(g["features"]))
+            for (dim, placement), g in found.items()]
+
+
+def _num_shards(embeddings: EmbeddingsConfig, rows: int) -> int | None:
+    shards = embeddings.num_shards
+    return None if shards is None else min(shards, rows)
+
+
 def embedding_tables(
     data: DataConfig, embeddings: EmbeddingsConfig, prefix: str = ""
 ) -> dict[str, PartitionedEmbedding]:
-    """One partitioned table per `embedding_table`, named `<prefix>embed_<table>`.
+    """The embedding layers, keyed by the tables they hold.
 
-    A feature's `embedding_table` is its own name unless it shares one.
+    With `embeddings.fuse` (the default): one `FusedEmbedding` per `table_groups` group, each
+    table mapping to its group's layer. Without: one `PartitionedEmbedding` per table, named
+    `<prefix>embed_<table>`. A feature's table is its `embedding_table`, or its own name.
     """
     tables: dict[str, PartitionedEmbedding] = {}
+    if embeddings.fuse:
+        features = {f.name: f for f in data.categorical}
+        for group in table_groups(data, embeddings, prefix):
+            layer = FusedEmbedding(
+                group.tables, [(name, features[name].table) for name in group.features],
+                group.dim, num_shards=_num_shards(embeddings, group.rows),
+                min_shard_rows=embeddings.min_shard_rows, max_shards=embeddings.max_shards,
+                placement=group.placement, name=group.name,
+            )
+            tables.update((table, layer) for table, _ in group.tables)
+        return tables
     for f in data.categorical:
         if f.table in tables:
             continue
-        shards = embeddings.num_shards
         tables[f.table] = PartitionedEmbedding(
-            f.hash_buckets, f.embedding_dim,
-            num_shards=None if shards is None else min(shards, f.hash_buckets),
+            f.hash_buckets, f.embedding_dim, num_shards=_num_shards(embeddings, f.hash_buckets),
             min_shard_rows=embeddings.min_shard_rows, max_shards=embeddings.max_shards,
             placement=embeddings.placement_of(f.table), name=f"{prefix}embed_{f.table}",
         )
     return tables
+
+
+def _embed(inputs: dict[str, tf.Tensor], data: DataConfig, embeddings: EmbeddingsConfig,
+           prefix: str) -> dict[str, tf.Tensor]:
+    """Every categorical feature's embedding (lists not yet pooled), keyed by feature."""
+    tables = embedding_tables(data, embeddings, prefix)
+    if not embeddings.fuse:
+        return {f.name: tables[f.table](inputs[f.name]) for f in data.categorical}
+    embedded = {}
+    for layer in {id(t): t for t in tables.values()}.values():
+        names = [name for name, _ in layer.features]
+        embedded.update(zip(names, layer([inputs[n] for n in names]), strict=True))
+    return embedded
 
 
 def feature_vector(
@@ -179,7 +247,7 @@ def feature_vector(
             keyed by log name.
         data: The data part of the config.
         normalization: `{numeric feature: {"mean": m, "std": s}}` from the first trained day.
-        embeddings: How tables are split into shards (defaults when None).
+        embeddings: How tables are fused and split into shards (defaults when None).
         prefix: Prepended to layer names, so that several sets of embeddings can coexist (the
             single-task baseline gives every task its own).
 
@@ -187,10 +255,10 @@ def feature_vector(
         A float32 tensor of shape `(batch, sum(embedding_dim) + number of numeric features)`,
         embeddings in the order of the features.
     """
-    tables = embedding_tables(data, embeddings or EmbeddingsConfig(), prefix)
+    embeddings_of = _embed(inputs, data, embeddings or EmbeddingsConfig(), prefix)
     parts = []
     for f in data.categorical:
-        embedded = tables[f.table](inputs[f.name])
+        embedded = embeddings_of[f.name]
         if f.multivalent:  # (batch, max_length, dim) -> (batch, dim)
             embedded = PoolList(f.list_combiner, f.list_pad, name=f"{prefix}pool_{f.name}")(
                 [inputs[f.name], embedded])

@@ -17,9 +17,11 @@ log = logging.getLogger("multitower.trainer")
 class ProgressLogger(keras.callbacks.Callback):
     """Logs loss and metrics about ten times per day (if `show`), with examples per second.
 
-    The rate counts from the end of the first step, which includes tracing the training
-    function and filling the input pipeline: `steady_rate()` is the throughput of the steps
-    after it (None with a single step).
+    Keras calls it once per call of the train function, after `train.steps_per_execution`
+    steps (`batch` is the call's last step). A line is logged at the first call that reaches
+    each tenth of the day, and at the day's last step. The rate counts from the end of the
+    first call, which includes tracing the training function and filling the input pipeline:
+    `steady_rate()` is the throughput of the steps after it (None before a second call).
 
     Args:
         date: The day being trained, shown in every line.
@@ -38,22 +40,37 @@ class ProgressLogger(keras.callbacks.Callback):
         self.first_step = first_step
         self.show = show
         self.every = max(1, steps // 10)
+        self.started: float | None = None
         self.first_end: float | None = None
+        self.first_done = 0
         self.last_end: float | None = None
         self.done = 0
 
     def steady_rate(self) -> float | None:
-        """Examples per second over the steps after the first (None before the second step)."""
-        if self.done < 2:
+        """Examples per second over the steps after the first call (None before a second)."""
+        if self.first_end is None or self.done <= self.first_done:
             return None
-        return (self.done - 1) * self.batch / max(self.last_end - self.first_end, 1e-9)
+        return (self.done - self.first_done) * self.batch / max(self.last_end - self.first_end,
+                                                                1e-9)
+
+    def call_seconds(self) -> tuple[float | None, float | None]:
+        """`(start of training to the end of the first call, from there to the last call's end)`.
+
+        Both None before any call.
+        """
+        if self.first_end is None or self.started is None:
+            return None, None
+        return self.first_end - self.started, self.last_end - self.first_end
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.started = time.perf_counter()
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        done = batch + 1
+        done, before = batch + 1, self.done
         self.done, self.last_end = done, time.perf_counter()
         if self.first_end is None:
-            self.first_end = self.last_end
-        if not self.show or (done % self.every and done != self.steps):
+            self.first_end, self.first_done = self.last_end, done
+        if not self.show or (done // self.every == before // self.every and done != self.steps):
             return
         rate = self.steady_rate()
         shown = " ".join(

@@ -38,12 +38,14 @@ from trainer.incremental import StartPoint, TrainingError, plan_day
 from trainer.memory import check_memory
 from trainer.model_dir import CHECKPOINTS_KEPT, ModelDir
 from trainer.network import Normalization, build_network
+from trainer.phases import DayPhases
 from trainer.progress import BalancerEpochEnd, ProgressLogger
 from trainer.state import TrainedDay, TrainState, load_state, save_state
 from trainer.strategy import make_strategy
 from trainer.training_model import TrainingModel, build_training_model
 
 log = logging.getLogger("multitower.trainer")
+_days_in_process = 0  # the first day of a process also pays its start-up (`DayPhases`)
 
 
 @dataclass
@@ -57,6 +59,7 @@ class DayResult:
     export_path: str | None
     metrics: dict[str, float]
     model: TrainingModel
+    phases: dict[str, float]  # seconds per phase (`trainer.phases.PHASES`) of this worker
 
 
 @dataclass
@@ -112,26 +115,36 @@ def train_day(
 def _train_day(config: Config, date: str, strategy: tf.distribute.Strategy, force: bool,
                allow_gap: bool, callbacks: list[keras.callbacks.Callback],
                lease: Lease | contextlib.nullcontext) -> DayResult:
+    global _days_in_process
+    phases = DayPhases(first_day_of_process=_days_in_process == 0)
+    _days_in_process += 1
     check_memory(config)  # every worker: each holds every table
     day = plan_training(config, date, force=force, allow_gap=allow_gap)
+    phases.lap("plan")
     if day.info.is_chief and day.start.checkpoint and not day.resume:
         _progressive_validation(config, day)
+        phases.lap("validation")
     model, checkpoint = _build_and_restore(config, day, strategy)
+    phases.lap("build")
     first_step = int(model.optimizer.iterations.numpy())
     started = time.perf_counter()
     metrics, progress = _fit(config, day, model, checkpoint, first_step, callbacks)
     seconds = time.perf_counter() - started
+    phases.lap("steady")
+    phases.split_fit(*progress.call_seconds())
     global_step = int(model.optimizer.iterations.numpy())
     if isinstance(lease, Lease):
         lease.check()  # taken over while this run trained: publish nothing
-    version, export_path = _publish(config, day, model, checkpoint, global_step, metrics)
+    version, export_path = _publish(config, day, model, checkpoint, global_step, metrics, phases)
     rate = progress.steady_rate()
     log.info(
-        "trained day %s: %d steps in %.1f s (%s after the first step), global step %d%s",
+        "trained day %s: %d steps in %.1f s (%s after the first call), global step %d%s",
         date, progress.steps, seconds, "n/a" if rate is None else f"{rate:.0f} ex/s",
         global_step, f", exported {export_path}" if export_path else "",
     )
-    return DayResult(date, day.steps, global_step, version, export_path, metrics, model)
+    log.info("day %s phases: %s", date, phases.summary())
+    return DayResult(date, day.steps, global_step, version, export_path, metrics, model,
+                     dict(phases.seconds))
 
 
 def model_dir_lease(config: Config) -> Lease:
@@ -246,7 +259,7 @@ def _fit(config: Config, day: DayPlan, model: TrainingModel, checkpoint: tf.trai
     callbacks = [BalancerEpochEnd(model), progress, *extra]
     if config.train.backup_every_steps:
         callbacks.append(MidDayBackup(checkpoint, day.backups, config.train.backup_every_steps,
-                                      day.info.is_chief, first_step))
+                                      day.info.is_chief, first_step, day.day_start + day.steps))
     if day.info.is_chief:  # one TensorBoard step per day: losses, metrics, weights, gates
         callbacks.append(keras.callbacks.TensorBoard(
             ModelDir(config.train.model_dir).tensorboard, write_graph=False,
@@ -259,8 +272,8 @@ def _fit(config: Config, day: DayPlan, model: TrainingModel, checkpoint: tf.trai
 
 
 def _publish(config: Config, day: DayPlan, model: TrainingModel,
-             checkpoint: tf.train.Checkpoint, global_step: int, metrics: dict[str, float]
-             ) -> tuple[int | None, str | None]:
+             checkpoint: tf.train.Checkpoint, global_step: int, metrics: dict[str, float],
+             phases: DayPhases) -> tuple[int | None, str | None]:
     """The day's checkpoint (every worker), then the chief's export, state and config.
 
     An export that fails its checks (`trainer.export.validate_export`) is not published and
@@ -276,6 +289,7 @@ def _publish(config: Config, day: DayPlan, model: TrainingModel,
     saver.save(global_step)
     saver.close()
     weights = read_weights(model.network)  # the day's last collective
+    phases.lap("checkpoint")
     if not day.info.is_chief:
         return None, None
     version = next_version(config, day.state)
@@ -290,6 +304,7 @@ def _publish(config: Config, day: DayPlan, model: TrainingModel,
     with tf.io.gfile.GFile(model_dir.resolved_config, "w") as f:
         f.write(config.to_yaml())
     remove_backups(config.train.model_dir, day.date)
+    phases.lap("export")
     return version, export_path
 
 

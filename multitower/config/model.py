@@ -69,7 +69,8 @@ class EmbeddingsConfig(Strict):
     without it P is as many shards as keep each one >= `min_shard_rows` rows, at most
     `max_shards` (like TF's MinSizePartitioner). A checkpoint written with another P is
     re-partitioned when it is restored. `placement` is every table's default, `tables` overrides
-    it per table (keyed by table name: a feature's `embedding_table`, or its own name).
+    it per table (keyed by table name: a feature's `embedding_table`, or its own name). With
+    `fuse`, P applies to each fused group (its rows are the sum of its tables').
     """
 
     num_shards: PositiveInt | None = None
@@ -77,6 +78,11 @@ class EmbeddingsConfig(Strict):
     max_shards: PositiveInt = 8
     placement: Placement = "replicated"
     tables: dict[str, TableConfig] = {}
+    # Fused tables: tables of the same embedding_dim and placement share one variable (rows end
+    # to end), so a step does one lookup, one gradient exchange and one row-sparse update per
+    # group instead of per table. false keeps one layer per table (`embed_<table>`): models
+    # trained before fusion existed, whose checkpoints the fused layout refuses.
+    fuse: bool = True
 
     def placement_of(self, table: str) -> str:
         """The placement of the table named `table`: its own setting, else the default."""

@@ -33,6 +33,9 @@ class TrainConfig(Strict):
     loss_balancing: Literal["fixed", "uncertainty", "gradnorm", "dwa", "pcgrad"] = "fixed"
     # Mid-day backups: a relaunch after a failure resumes at the last one (0: none).
     backup_every_steps: Annotated[int, Field(ge=0)] = 100
+    # Training steps run per call into the compiled training function (Keras'
+    # steps_per_execution): callbacks (progress lines, mid-day backups) see every N-th step.
+    steps_per_execution: PositiveInt = 16
     gradnorm: GradNormConfig = GradNormConfig()
     dwa: DWAConfig = DWAConfig()
     # mixed_bfloat16: layers compute in bfloat16, variables, outputs and losses stay float32

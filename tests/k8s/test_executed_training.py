@@ -241,7 +241,7 @@ def _check_trained_day(run: Run) -> None:
     # One model on both workers: every variable of the non-chief's last checkpoint, embedding
     # tables and optimizer slots included, equals the chief's.
     ours, theirs = _variables(_chief_checkpoint(run)), _variables(_non_chief_checkpoint(run))
-    assert any("embed_user_id" in name for name in ours)
+    assert any("embed_fused_d16_replicated" in name for name in ours)  # user_id's table
     assert sorted(ours) == sorted(theirs)
     for name, value in ours.items():
         np.testing.assert_array_equal(value, theirs[name], err_msg=name)

@@ -69,7 +69,10 @@ def test_features_sharing_a_table_read_one_partitioned_table():
         "tasks": [{"name": "click", "type": "binary"}],
     })
     inputs = raw_inputs(data)
-    model = keras.Model(inputs, feature_vector(inputs, data, {}, EmbeddingsConfig(num_shards=4)))
+    # one layer per table (fusion, which would put both in one layer, is tested in
+    # test_fused_tables.py)
+    model = keras.Model(inputs, feature_vector(inputs, data, {},
+                                               EmbeddingsConfig(num_shards=4, fuse=False)))
     tables = [layer for layer in model.layers if isinstance(layer, PartitionedEmbedding)]
     assert [(t.name, t.num_shards) for t in tables] == [("embed_items", 4), ("embed_device", 3)]
     assert [v.shape[0] for v in model.trainable_variables] == [3, 3, 2, 2, 1, 1, 1]

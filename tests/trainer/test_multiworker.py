@@ -60,7 +60,9 @@ def test_both_workers_end_with_identical_weights(two_days):
         # the embedding tables and their row-sparse optimizer's accumulators too
         first, second = two_days[day]
         shared = sorted(k for k in first if k.startswith(("table/", "slot/")))
-        assert "table/embed_user_id" in shared and "slot/embed_user_id/accumulator" in shared
+        # user_id's rows are in the fused table of width 16
+        assert "table/embed_fused_d16_replicated" in shared
+        assert "slot/embed_fused_d16_replicated/accumulator" in shared
         assert shared == sorted(k for k in second if k.startswith(("table/", "slot/")))
         for key in shared:
             np.testing.assert_array_equal(first[key], second[key], err_msg=key)
@@ -122,9 +124,12 @@ def _train_one_worker(config_path: Path, date: str, out: Path) -> tuple[dict, st
 
 
 def _crash_day1(small_project, folder: Path) -> Path:
-    """Day 1 on two workers with a backup every 3 steps; the chief dies after step 5, leaving
-    its lease on model_dir behind (os._exit: no cleanup)."""
-    broken = config_in(small_project, folder, train={"backup_every_steps": 3})
+    """Day 1 on two workers, 2 steps per call of the train function and a backup every 3
+    steps: backups land at the call boundary past step 3 (step 4); the chief dies at the end
+    of step 6, the first call past step 5, before that call's backup, leaving its lease on
+    model_dir behind (os._exit: no cleanup)."""
+    broken = config_in(small_project, folder,
+                       train={"backup_every_steps": 3, "steps_per_execution": 2})
     ports = free_ports(2)
     (folder / "crash").mkdir()
     procs = [
@@ -141,6 +146,8 @@ def _crash_day1(small_project, folder: Path) -> Path:
     assert lease["pid"] == procs[0].pid  # the dead chief's
     backups = [b.name for b in (folder / "model" / "backup").iterdir()]
     assert backups == [f"dt={DAYS[0]}-from-0-workers-2"]
+    index = (folder / "model" / "backup" / backups[0] / "checkpoint").read_text()
+    assert 'model_checkpoint_path: "ckpt-4"' in index  # the first call boundary past step 3
     assert not (folder / "model" / "state.json").exists()
     return broken
 
@@ -171,7 +178,8 @@ def test_next_day_on_one_worker_with_two_shards_continues_from_the_two_worker_ch
     assert [(d["date"], d["version"]) for d in state["days"]] == [(DAYS[0], 1), (DAYS[1], 2)]
     # Day 1's 3-shard table was re-partitioned into 2: rows no day-2 example touched keep their
     # day-1 values (and accumulators) exactly; a fresh table would match none of them.
-    for key in ("table/embed_user_id", "slot/embed_user_id/accumulator"):
+    for key in ("table/embed_fused_d16_replicated",
+                "slot/embed_fused_d16_replicated/accumulator"):
         before, after = two_days["day1"][0][key], dump[key]
         kept = np.all(before == after, axis=1).mean()
         assert 0.2 < kept < 1.0, f"{key}: {kept:.2f} of rows kept"

@@ -5,8 +5,8 @@ Writes OUT_DIR/worker-<index>.npz with the model's weights, each embedding table
 (`table/<layer>`) with its embedding optimizer slots (`slot/<layer>/<slot>`), and the global
 step, and, given raw rows,
 the trained in-memory model's predictions on them (to compare with the exported SavedModel).
-With CRASH_WORKER_AFTER=i:k in the environment, worker i dies (os._exit) after its k-th step of
-the day, as a killed pod would.
+With CRASH_WORKER_AFTER=i:k in the environment, worker i dies (os._exit) at the end of the first
+call of the train function that reaches its k-th step of the day, as a killed pod would.
 """
 
 # ruff: noqa: I001  (multitower must be imported before TensorFlow)
@@ -36,7 +36,9 @@ class CrashWorker(keras.callbacks.Callback):
         self.after = after
 
     def on_train_batch_end(self, batch, logs=None):
-        if task_info().task_id == self.worker and batch + 1 == self.after:
+        # Keras calls it once per call of the train function (train.steps_per_execution
+        # steps): the worker dies at the first call that reaches its k-th step.
+        if task_info().task_id == self.worker and batch + 1 >= self.after:
             os._exit(3)  # no cleanup at all, as a killed process
 
 

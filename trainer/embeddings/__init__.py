@@ -8,12 +8,17 @@ here (`optimizers`) that touches only the received rows of each shard and of its
 `trainer.optimizer.MultiTaskOptimizer` puts that together with the dense optimizer. A
 checkpoint written with another P is re-partitioned on restore (`repartition`).
 
+Tables of one width and placement are fused into one `FusedEmbedding` (`fused`), a
+`PartitionedEmbedding` whose rows are its tables' rows end to end: one lookup, one exchanged
+gradient and one row-sparse update per group instead of per table.
+
 `placement` is where a table's rows live; only `replicated` exists today (every worker holds
 the whole table). Model-parallel placements plug in at the layer's `placement`; tables are only
 ever grouped with tables of the same placement.
 """
 
 from trainer.embeddings.exchange import all_reduce_tables
+from trainer.embeddings.fused import FusedEmbedding, TableRows, find_table, fused_name
 from trainer.embeddings.layer import (
     PLACEMENTS,
     PartitionedEmbedding,
@@ -34,12 +39,18 @@ from trainer.embeddings.optimizers import (
     RowSparseOptimizer,
     make_row_sparse_optimizer,
 )
-from trainer.embeddings.repartition import PartitionMismatchError, Repartition, restore_checkpoint
+from trainer.embeddings.repartition import (
+    FusionMismatchError,
+    PartitionMismatchError,
+    Repartition,
+    restore_checkpoint,
+)
 
 __all__ = [
     "DEFAULT_MAX_SHARDS", "DEFAULT_MIN_SHARD_ROWS", "EMBEDDING_OPTIMIZERS", "PLACEMENTS",
-    "PartitionMismatchError", "PartitionedEmbedding", "Repartition", "RowSparseOptimizer",
-    "all_reduce_tables", "embedding_variables", "is_embedding_variable", "local_copy", "locate",
+    "FusedEmbedding", "FusionMismatchError", "PartitionMismatchError", "PartitionedEmbedding",
+    "Repartition", "RowSparseOptimizer", "TableRows", "all_reduce_tables", "embedding_variables",
+    "find_table", "fused_name", "is_embedding_variable", "local_copy", "locate",
     "make_row_sparse_optimizer", "owner", "resolve_num_shards", "restore_checkpoint",
     "shard_sizes",
 ]

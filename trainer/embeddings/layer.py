@@ -94,6 +94,10 @@ class PartitionedEmbedding(keras.layers.Layer):
         ValueError: A size is below 1, `num_shards` is out of range, or `placement` is unknown.
     """
 
+    # tf.Module walks a layer's attributes for its variables; the lookup counts are per graph.
+    _TF_MODULE_IGNORED_PROPERTIES = frozenset(
+        ("_looked_up", *keras.layers.Layer._TF_MODULE_IGNORED_PROPERTIES))
+
     def __init__(
         self, num_buckets: int, dim: int, num_shards: int | None = None,
         min_shard_rows: int = DEFAULT_MIN_SHARD_ROWS, max_shards: int = DEFAULT_MAX_SHARDS,
@@ -150,6 +154,7 @@ class PartitionedEmbedding(keras.layers.Layer):
 
     def lookup(self, ids: tf.Tensor) -> tf.Tensor:
         """Embeddings of hashed ids (int, in `[0, num_buckets)`); shape `ids.shape + (dim,)`."""
+        self._count_lookup(ids)
         shards = [local_copy(s) for s in self._shard_list]
         if len(shards) == 1:
             found = shards[0].sparse_read(ids)
@@ -163,6 +168,25 @@ class PartitionedEmbedding(keras.layers.Layer):
                                tf.concat([tf.shape(ids), [self.dim]], axis=0))
             found.set_shape(ids.shape.concatenate([self.dim]))
         return tf.cast(found, self.compute_dtype)
+
+    def _count_lookup(self, ids: tf.Tensor) -> None:
+        if tf.executing_eagerly():
+            return
+        if not hasattr(self, "_looked_up"):
+            self._self_setattr_tracking = False
+            self._looked_up = weakref.WeakKeyDictionary()
+            self._self_setattr_tracking = True
+        graph = tf.compat.v1.get_default_graph()
+        self._looked_up.setdefault(graph, []).append(tf.size(ids))
+
+    def rows_looked_up(self) -> tf.Tensor | None:
+        """Ids this layer has looked up so far in the graph being built (None: none).
+
+        A bound on the rows of the table's gradient in that graph, the same at every step of
+        fixed-size batches: the exchange pads to it (`trainer.embeddings.exchange`).
+        """
+        sizes = getattr(self, "_looked_up", {}).get(tf.compat.v1.get_default_graph())
+        return tf.add_n(sizes) if sizes else None
 
     def full_table(self) -> tf.Tensor:
         """The whole `(num_buckets, dim)` table; reads every row (tests, diagnostics)."""

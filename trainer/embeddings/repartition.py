@@ -5,6 +5,10 @@ Shards and their row-sparse slots are checkpointed under names that carry P
 written with another P matches none of them by name. `restore_checkpoint` reads the old shards
 and slots from the file, concatenates them and splits them into the model's shards (or, if
 asked not to, stops and names both P values) instead of failing on shapes.
+
+A checkpoint whose tables are fused otherwise than the model's (`model.embeddings.fuse`, see
+`trainer.embeddings.fused`) is refused before anything is restored, naming the setting that
+restores it: Keras saves layers by position, so its rows would land in other tables.
 """
 
 from __future__ import annotations
@@ -19,17 +23,25 @@ import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from multitower.errors import MultitowerError
+from trainer.embeddings.fused import FusedEmbedding
 from trainer.embeddings.layer import PartitionedEmbedding
 from trainer.embeddings.optimizers import RowSparseOptimizer
 
 log = logging.getLogger("multitower.trainer")
 
 _PART = re.compile(r"^part_(\d+)_of_(\d+)$")
+_LAYER = re.compile(r"^layer_with_weights-(\d+)$")
+_SLOTTED = re.compile(r"(?:^|/)slots/([^/]+)/[^/]+/part_\d+_of_\d+/")
+_FUSED = re.compile(r"embed_fused_d\d+_")
 _Graph = trackable_object_graph_pb2.TrackableObjectGraph
 
 
 class PartitionMismatchError(MultitowerError, ValueError):
     """A checkpoint's table was written with another number of shards (or cannot be mapped)."""
+
+
+class FusionMismatchError(PartitionMismatchError):
+    """A checkpoint's tables are fused otherwise than the model's (`model.embeddings.fuse`)."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +87,8 @@ def restore_checkpoint(
     graph = _Graph()
     graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
     live = _match_live_objects(graph, checkpoint)
+    shapes = reader.get_variable_to_shape_map()
+    _check_fusion(graph, live, shapes, path)
     plans = []  # (layer, old shard node ids)
     for node_id, obj in live.items():
         if isinstance(obj, PartitionedEmbedding) and obj.built:
@@ -87,7 +101,6 @@ def restore_checkpoint(
                         f"num_shards={len(old)} or allow re-partitioning")
                 plans.append((obj, old))
     optimizers = [(n, obj) for n, obj in live.items() if isinstance(obj, RowSparseOptimizer)]
-    shapes = reader.get_variable_to_shape_map()
     work = []  # (layer, old shard nodes, [(optimizer, slot name, old slot nodes)])
     for layer, old in plans:
         _check_rows([shapes[_value_key(graph.nodes[n])] for n in old], layer, "the table")
@@ -129,6 +142,70 @@ def restore_checkpoint(
     _assert_all_matched(graph, checkpoint, new)
     status.expect_partial()
     return done
+
+
+def _check_fusion(graph: _Graph, live: dict[int, object], shapes: dict[str, list[int]],
+                  path: str) -> None:
+    """Refuses a checkpoint whose tables are fused otherwise than the model's.
+
+    Keras checkpoints a functional model's layers by position (`layer_with_weights-<k>`), so a
+    checkpoint written with one table per layer, restored into fused groups (or the other way
+    round), would put rows of one table into another's place. Detected two ways: the tables of
+    a network hold the same rows of each width in both, but split otherwise between layers; or
+    the checkpoint's optimizer slots are keyed by fused layer names and the model's are not
+    (or the other way round).
+
+    Raises:
+        FusionMismatchError: With a message naming the checkpoint and the setting to use.
+    """
+    model_fused = any(isinstance(obj, FusedEmbedding) for obj in live.values())
+    for node_id, obj in live.items():
+        refs = [(int(m[1]), ref.node_id) for ref in graph.nodes[node_id].children
+                if (m := _LAYER.match(ref.local_name))]
+        if not refs:
+            continue
+        saved = []
+        for position, child in sorted(refs):
+            parts = _parts(graph, child, f"layer_with_weights-{position}")
+            if parts:
+                dims = [shapes[_value_key(graph.nodes[n])] for n in parts]
+                saved.append((position, sum(d[0] for d in dims), dims[0][1]))
+        ours = []
+        for name, layer in tf.train.TrackableView.children(obj).items():
+            m = _LAYER.match(name)
+            if m and isinstance(layer, PartitionedEmbedding) and layer.built:
+                model_fused = model_fused or isinstance(layer, FusedEmbedding)
+                ours.append((int(m[1]), layer.num_buckets, layer.dim))
+        if sorted(saved) != sorted(ours) and _rows_by_width(saved) == _rows_by_width(ours):
+            raise _fusion_error(path, model_fused, len(saved), len(ours))
+    slotted = {m[1] for key in shapes if (m := _SLOTTED.search(key))}
+    if slotted and any(isinstance(obj, RowSparseOptimizer) for obj in live.values()):
+        saved_fused = any(_FUSED.search(name) for name in slotted)
+        if saved_fused != model_fused:
+            raise _fusion_error(path, model_fused, None, None)
+
+
+def _rows_by_width(tables: Sequence[tuple[int, int, int]]) -> dict[int, int]:
+    totals: dict[int, int] = {}
+    for _, rows, dim in tables:
+        totals[dim] = totals.get(dim, 0) + rows
+    return totals
+
+
+def _fusion_error(path: str, model_fused: bool, saved: int | None, ours: int | None
+                  ) -> FusionMismatchError:
+    counts = "" if saved is None else f" ({saved} table layers in the checkpoint, {ours} in " \
+        "the model)"
+    if model_fused:
+        return FusionMismatchError(
+            f"the checkpoint {path} holds one variable per embedding table, but the model fuses "
+            f"tables of one width into one variable (model.embeddings.fuse: true, the default)"
+            f"{counts}; set model.embeddings.fuse: false to keep training that model, or train "
+            "into a new model_dir")
+    return FusionMismatchError(
+        f"the checkpoint {path} holds fused embedding tables (one variable per width), but the "
+        f"model keeps one variable per table (model.embeddings.fuse: false){counts}; set "
+        "model.embeddings.fuse: true to keep training that model, or train into a new model_dir")
 
 
 def _value_key(node: _Graph.TrackableObject) -> str:
