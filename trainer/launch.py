@@ -59,6 +59,24 @@ def cluster_env(num_workers: int, index: int, ports: Sequence[int]) -> dict[str,
     return env
 
 
+def thread_budget(num_workers: int, cores: int | None = None) -> dict[str, str]:
+    """TensorFlow's thread pools of each of `num_workers` processes sharing this machine.
+
+    Each process would otherwise size both pools to every core: with 2 workers on 2 cores,
+    their threads fought over the cores and a census-shaped MMoE trained at 57k ex/s, against
+    67k with one thread per pool each. Variables already set in the environment are kept.
+
+    Returns:
+        `TF_NUM_INTRAOP_THREADS` and `TF_NUM_INTEROP_THREADS` (the cores over the workers, at
+        least 1), minus those already set; nothing for one worker.
+    """
+    if num_workers <= 1:
+        return {}
+    share = str(max(1, (cores or os.cpu_count() or 1) // num_workers))
+    return {k: share for k in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+            if k not in os.environ}
+
+
 def _pump(stream: IO[str], prefix: str, sink: Callable[[str], None]) -> None:
     for line in iter(stream.readline, ""):
         sink(f"{prefix}{line}")
@@ -91,7 +109,8 @@ def run_local_workers(
     ports = free_ports(num_workers)
     procs, threads, captured = [], [], []
     for index in range(num_workers):
-        env = {**cluster_env(num_workers, index, ports), **(extra_env or {})}
+        env = {**cluster_env(num_workers, index, ports), **thread_budget(num_workers),
+               **(extra_env or {})}
         proc = subprocess.Popen(
             [sys.executable, *argv], env=env, text=True,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -83,6 +83,11 @@ def test_days_in_order_through_train_day(small_project, tmp_path):
         train_day(config, DAYS[2])
     third = train_day(config, DAYS[2], allow_gap=True)
     assert third.global_step == steps[0] + steps[2] and third.version == 2
+    # where each day's time went: a new model has no progressive validation, a warm start has
+    from trainer.phases import PHASES
+
+    assert "validation" not in first.phases and set(third.phases) == set(PHASES)
+    assert all(seconds >= 0 for seconds in third.phases.values())
     with pytest.raises(TrainingError, match="before the last trained day"):
         train_day(config, DAYS[1])
     again = train_day(config, DAYS[1], force=True)  # from day 1's checkpoint
