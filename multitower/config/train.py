@@ -31,8 +31,10 @@ class TrainConfig(Strict):
     model_dir: str
     export_dir: str
     loss_balancing: Literal["fixed", "uncertainty", "gradnorm", "dwa", "pcgrad"] = "fixed"
-    # Mid-day backups: a relaunch after a failure resumes at the last one (0: none).
-    backup_every_steps: Annotated[int, Field(ge=0)] = 100
+    # Mid-day backups: a relaunch after a failure resumes at the last one (0: none). A backup
+    # is a full checkpoint (~0.15 s for the census-shaped MMoE against ~10 ms per step on 2
+    # CPU cores): every 100 steps cost a quarter of the training rate there, every 1000 ~3%.
+    backup_every_steps: Annotated[int, Field(ge=0)] = 1000
     # Training steps run per call into the compiled training function (Keras'
     # steps_per_execution): callbacks (progress lines, mid-day backups) see every N-th step.
     steps_per_execution: PositiveInt = 16
