@@ -24,6 +24,7 @@ it from step to step and failed with "Shape mismatch in the collective instance"
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -32,6 +33,7 @@ import tensorflow as tf
 from trainer.embeddings.layer import owner
 from trainer.embeddings.layout import locate, shard_sizes
 
+log = logging.getLogger("multitower.trainer")
 Gradient = tf.IndexedSlices | tf.Tensor
 Pair = tuple[Gradient, tf.Variable]
 
@@ -68,6 +70,10 @@ def all_reduce_tables(pairs: Sequence[Pair]) -> list[Pair]:
     out = []
     if joined:
         bounds = [table.rows_looked_up() for table, _ in joined]
+        if any(b is None for b in bounds):  # traced once: a line per trace, not per step
+            log.warning("no lookup of tables %s in this graph: their gradient rows travel "
+                        "unpadded, which fails with several steps per call when a step's row "
+                        "count changes", [t.name for t, _ in joined])
         gathered = gather_rows([_table_rows(table, ordered) for table, ordered in joined],
                                None if any(b is None for b in bounds) else bounds)
         for (table, ordered), rows in zip(joined, gathered, strict=True):
