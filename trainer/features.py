@@ -15,7 +15,7 @@ import tf_keras as keras
 from multitower.config import DataConfig, EmbeddingsConfig
 from multitower.config.data import COMBINERS
 from multitower.records import feature_dtype
-from trainer.embeddings import FusedEmbedding, PartitionedEmbedding, fused_name
+from trainer.embeddings import FusedEmbedding, PartitionedEmbedding, fused_name, hash_ids
 
 
 @keras.utils.register_keras_serializable(package="multitower")
@@ -49,10 +49,7 @@ class HashedEmbedding(keras.layers.Layer):
         super().build(input_shape)
 
     def call(self, values: tf.Tensor) -> tf.Tensor:
-        if values.dtype != tf.string:
-            values = tf.strings.as_string(values)
-        ids = tf.strings.to_hash_bucket_fast(values, self.num_buckets)
-        return tf.gather(self.embeddings, ids)
+        return tf.gather(self.embeddings, hash_ids(values, self.num_buckets))
 
     def get_config(self) -> dict:
         return {**super().get_config(), "num_buckets": self.num_buckets, "dim": self.dim}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -127,11 +126,10 @@ def _train_day(config: Config, date: str, strategy: tf.distribute.Strategy, forc
     model, checkpoint = _build_and_restore(config, day, strategy)
     phases.lap("build")
     first_step = int(model.optimizer.iterations.numpy())
-    started = time.perf_counter()
     metrics, progress = _fit(config, day, model, checkpoint, first_step, callbacks)
-    seconds = time.perf_counter() - started
     phases.lap("steady")
     phases.split_fit(*progress.call_seconds())
+    seconds = phases.seconds["first_call"] + phases.seconds["steady"]
     global_step = int(model.optimizer.iterations.numpy())
     if isinstance(lease, Lease):
         lease.check()  # taken over while this run trained: publish nothing

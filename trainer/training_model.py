@@ -194,8 +194,9 @@ class TrainingModel(keras.Model):
                     return i + 1
 
             # One step at a time: a step reads what the step before wrote, and every worker
-            # must launch its collectives in the same order (overlapping iterations mixed up
-            # two steps' all-gathers across workers).
+            # launches its collectives in the same order. Every iteration runs the same
+            # collective instances, so their shapes must not change from step to step (see
+            # `trainer.embeddings.exchange`).
             tf.while_loop(lambda i: i < self._steps_per_execution, body,
                           [tf.constant(0, self._steps_per_execution.dtype)],
                           parallel_iterations=1)

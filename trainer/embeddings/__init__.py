@@ -23,6 +23,7 @@ from trainer.embeddings.layer import (
     PLACEMENTS,
     PartitionedEmbedding,
     embedding_variables,
+    hash_ids,
     is_embedding_variable,
     owner,
 )
@@ -50,7 +51,7 @@ __all__ = [
     "DEFAULT_MAX_SHARDS", "DEFAULT_MIN_SHARD_ROWS", "EMBEDDING_OPTIMIZERS", "PLACEMENTS",
     "FusedEmbedding", "FusionMismatchError", "PartitionMismatchError", "PartitionedEmbedding",
     "Repartition", "RowSparseOptimizer", "TableRows", "all_reduce_tables", "embedding_variables",
-    "find_table", "fused_name", "is_embedding_variable", "local_copy", "locate",
+    "find_table", "fused_name", "hash_ids", "is_embedding_variable", "local_copy", "locate",
     "make_row_sparse_optimizer", "owner", "resolve_num_shards", "restore_checkpoint",
     "shard_sizes",
 ]

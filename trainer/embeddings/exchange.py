@@ -74,8 +74,9 @@ def all_reduce_tables(pairs: Sequence[Pair]) -> list[Pair]:
             log.warning("no lookup of tables %s in this graph: their gradient rows travel "
                         "unpadded, which fails with several steps per call when a step's row "
                         "count changes", [t.name for t, _ in joined])
+            bounds = None
         gathered = gather_rows([_table_rows(table, ordered) for table, ordered in joined],
-                               None if any(b is None for b in bounds) else bounds)
+                               bounds)
         for (table, ordered), rows in zip(joined, gathered, strict=True):
             out.extend(_split_by_shard(table, ordered, rows))
     if rest:

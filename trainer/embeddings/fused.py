@@ -21,7 +21,7 @@ from typing import NamedTuple
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer.embeddings.layer import PartitionedEmbedding
+from trainer.embeddings.layer import PartitionedEmbedding, hash_ids
 from trainer.embeddings.layout import DEFAULT_MAX_SHARDS, DEFAULT_MIN_SHARD_ROWS
 
 
@@ -112,9 +112,7 @@ class FusedEmbedding(PartitionedEmbedding):
         rows = dict(self.members)
         ids = []
         for values, (_, table) in zip(inputs, self.features, strict=True):
-            if values.dtype != tf.string:
-                values = tf.strings.as_string(values)
-            ids.append(tf.strings.to_hash_bucket_fast(values, rows[table])
+            ids.append(hash_ids(values, rows[table])
                        + tf.constant(self.offsets[table], tf.int64))
         if len(ids) == 1:
             return [self.lookup(ids[0])]

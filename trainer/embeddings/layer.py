@@ -60,6 +60,17 @@ def owner(variable: tf.Variable) -> tuple[PartitionedEmbedding, int]:
     return layer, tag[1]
 
 
+def hash_ids(values: tf.Tensor, num_buckets: int) -> tf.Tensor:
+    """Raw categorical values as row ids in `[0, num_buckets)` (int64, `values`' shape).
+
+    `tf.strings.to_hash_bucket_fast`; integers through their decimal string, so `7` and `"7"`
+    share a row. Every embedding layer hashes with it: the export repeats it on raw values.
+    """
+    if values.dtype != tf.string:
+        values = tf.strings.as_string(values)
+    return tf.strings.to_hash_bucket_fast(values, num_buckets)
+
+
 def embedding_variables(model: tf.Module) -> list[tf.Variable]:
     """Every shard variable of every `PartitionedEmbedding` in `model`, in layer order."""
     layers = [model] + list(model.submodules)
@@ -148,9 +159,7 @@ class PartitionedEmbedding(keras.layers.Layer):
         return self.embeddings_initializer.__class__.from_config(config)
 
     def call(self, values: tf.Tensor) -> tf.Tensor:
-        if values.dtype != tf.string:
-            values = tf.strings.as_string(values)
-        return self.lookup(tf.strings.to_hash_bucket_fast(values, self.num_buckets))
+        return self.lookup(hash_ids(values, self.num_buckets))
 
     def lookup(self, ids: tf.Tensor) -> tf.Tensor:
         """Embeddings of hashed ids (int, in `[0, num_buckets)`); shape `ids.shape + (dim,)`."""
