@@ -105,7 +105,7 @@ class _Mixture(_Backbone):
     ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
         """The mixtures `(batch, gates, expert_units[-1])` and, if asked, the gates by name."""
         weights = self.gates(x, training=training)  # (batch, gates, experts)
-        mixed = tf.einsum("bge,beu->bgu", weights, self.experts(x, training=training))
+        mixed = tf.matmul(weights, self.experts(x, training=training))  # batched over rows
         if not return_gates:
             return mixed, {}
         return mixed, dict(zip(self._gate_names(), tf.unstack(weights, axis=1), strict=True))

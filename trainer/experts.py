@@ -1,8 +1,9 @@
 """Batched building blocks of the backbones: many small MLPs, and many softmax gates, as one tensor.
 
-E experts run as one einsum per layer over a kernel of shape `(E, fan_in, units)`, never as E
-Dense layers: the graph has the same size whatever E is, and the experts run as one batched
-matmul. Gates (and their optional MLPs) are batched the same way, with gates as a dimension.
+E experts run as one matmul per layer over a kernel of shape `(E, fan_in, units)`, never as E
+Dense layers: the graph has the same size whatever E is. Batch normalization runs TensorFlow's
+fused kernel (`trainer.normalization`), and the gates' softmax is written out in elementwise ops
+(oneDNN's softmax over a small last axis was one of the slowest ops of a step). Gates (and their optional MLPs) are batched the same way, with gates as a dimension.
 
 `_Backbone` is the base class every backbone shares (`trainer.backbones`,
 `trainer.extraction`), and `BackboneOutput` what a backbone's call returns.
@@ -16,6 +17,8 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
+
+from trainer.normalization import FusedBatchNorm
 
 # `backbone(x)` → one tensor per task; `backbone(x, return_gates=True)` → (that list, gates).
 BackboneOutput = list[tf.Tensor] | tuple[list[tf.Tensor], dict[str, tf.Tensor]]
@@ -80,9 +83,10 @@ def _batched_matmul(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
     """`(batch, d)` read by every group, or `(batch, groups, d)`, times `(groups, d, u)`."""
     if x.shape.rank == 2:
         # One (batch, d) x (d, groups * units) GEMM: oneDNN's einsum for "bd,gdu->bgu" (and
-        # its gradients) ran about half of a census-shaped MMoE step on its own.
-        groups, d, units = kernel.shape
-        wide = tf.reshape(tf.transpose(kernel, [1, 0, 2]), [d, groups * units])
+        # its gradients) ran about half of a census-shaped MMoE step on its own. The kernel is
+        # laid side by side with a concat: oneDNN's transpose of it cost more than the concat.
+        groups, _, units = kernel.shape
+        wide = tf.concat(tf.unstack(kernel, num=groups), axis=1)  # (d, groups * units)
         return tf.reshape(tf.matmul(x, wide), [-1, groups, units])
     return tf.einsum("bgd,gdu->bgu", x, kernel)
 
@@ -104,7 +108,7 @@ class BatchedMLP(keras.layers.Layer):
     Each layer is linear, then batch normalization (optional; statistics per (group, unit)), then
     the activation, then dropout (training only). A layer's kernel is stored as one variable per
     entry of `groups`, concatenated when called: a caller can point at one part's weights (the
-    shared experts, for GradNorm) while every group still runs in the same einsum.
+    shared experts, for GradNorm) while every group still runs in the same matmul.
 
     Args:
         groups: The number of MLPs in each part, e.g. `[num_experts]` or `[task, shared]`.
@@ -146,7 +150,7 @@ class BatchedMLP(keras.layers.Layer):
         self.input_index = _check_index(input_index, sum(groups))
         self.act = keras.activations.get(activation)
         self.norms = (
-            [keras.layers.BatchNormalization(axis=[1, 2], name=f"norm_{i}")
+            [FusedBatchNorm(axis=[1, 2], name=f"norm_{i}")
              for i in range(len(self.units))] if batch_norm else []
         )
         self.drop = keras.layers.Dropout(dropout) if dropout else None
@@ -286,7 +290,10 @@ class GatingNetwork(keras.layers.Layer):
             # -inf, not a large negative number: the weight is then exactly zero in any dtype.
             hidden = tf.constant(float("-inf"), dtype=logits.dtype)
             logits = tf.where(tf.constant(self._visible), logits, hidden)
-        return tf.nn.softmax(logits, axis=-1)
+        # Written out: oneDNN's softmax over a (batch, gates, 8) tensor took ~0.8 ms of a ~7 ms
+        # census-shaped MMoE step; these four elementwise ops take a few microseconds.
+        exp = tf.exp(logits - tf.stop_gradient(tf.reduce_max(logits, axis=-1, keepdims=True)))
+        return exp / tf.reduce_sum(exp, axis=-1, keepdims=True)
 
     def get_config(self) -> dict:
         return {

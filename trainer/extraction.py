@@ -102,7 +102,7 @@ class _Extraction(_Backbone):
         ):
             weights = gating(h, training=training)  # (batch, gates, all experts)
             # Tasks' mixtures, then (below the last level) the shared one: the next level's input.
-            h = tf.einsum("bge,beu->bgu", weights, experts(h, training=training))
+            h = tf.matmul(weights, experts(h, training=training))
             if return_gates:
                 for g in range(gating.num_gates):
                     gates[self._gate_name(level, g)] = tf.gather(

@@ -230,6 +230,28 @@ def _embed(inputs: dict[str, tf.Tensor], data: DataConfig, embeddings: Embedding
     return embedded
 
 
+def _fused_blocks(inputs: dict[str, tf.Tensor], data: DataConfig, embeddings: EmbeddingsConfig,
+                  prefix: str) -> list[tf.Tensor]:
+    """Every categorical embedding as one block per fused group, if that keeps their order.
+
+    When every categorical feature is one value per row and each group's features follow one
+    another in `data.features` in the group's own order (always so with one embedding width),
+    the blocks side by side are the concatenation of the features' embeddings, in order (the
+    layout every checkpoint's first dense layer was trained on). Otherwise, `[]`: the caller
+    concatenates the features one by one.
+    """
+    if not embeddings.fuse or any(f.multivalent for f in data.categorical):
+        return []
+    groups = table_groups(data, embeddings, prefix)
+    if [f.name for f in data.categorical] != [n for g in groups for n in g.features]:
+        return []
+    tables = embedding_tables(data, embeddings, prefix)
+    table_of = {f.name: f.table for f in data.categorical}
+    layers = [tables[table_of[g.features[0]]] for g in groups]
+    return [layer([inputs[n] for n in g.features], block=True)
+            for layer, g in zip(layers, groups, strict=True)]
+
+
 def feature_vector(
     inputs: dict[str, tf.Tensor],
     data: DataConfig,
@@ -252,14 +274,16 @@ def feature_vector(
         A float32 tensor of shape `(batch, sum(embedding_dim) + number of numeric features)`,
         embeddings in the order of the features.
     """
-    embeddings_of = _embed(inputs, data, embeddings or EmbeddingsConfig(), prefix)
-    parts = []
-    for f in data.categorical:
-        embedded = embeddings_of[f.name]
-        if f.multivalent:  # (batch, max_length, dim) -> (batch, dim)
-            embedded = PoolList(f.list_combiner, f.list_pad, name=f"{prefix}pool_{f.name}")(
-                [inputs[f.name], embedded])
-        parts.append(embedded)
+    embeddings = embeddings or EmbeddingsConfig()
+    parts = _fused_blocks(inputs, data, embeddings, prefix)
+    if not parts:
+        embeddings_of = _embed(inputs, data, embeddings, prefix)
+        for f in data.categorical:
+            embedded = embeddings_of[f.name]
+            if f.multivalent:  # (batch, max_length, dim) -> (batch, dim)
+                embedded = PoolList(f.list_combiner, f.list_pad,
+                                    name=f"{prefix}pool_{f.name}")([inputs[f.name], embedded])
+            parts.append(embedded)
     if data.numeric:
         missing = [f.name for f in data.numeric if f.name not in normalization]
         if missing:

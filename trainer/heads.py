@@ -13,6 +13,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from multitower.config import Config
+from trainer.normalization import FusedBatchNorm
 
 
 @keras.utils.register_keras_serializable(package="multitower")
@@ -42,7 +43,7 @@ class TaskTower(keras.layers.Layer):
         self.dropout = dropout
         self.batch_norm = batch_norm
         self.hidden = [keras.layers.Dense(u) for u in self.units]
-        self.norms = [keras.layers.BatchNormalization() for _ in self.units] if batch_norm else []
+        self.norms = [FusedBatchNorm() for _ in self.units] if batch_norm else []
         self.drop = keras.layers.Dropout(dropout) if dropout else None
         self.act = keras.activations.get(activation)
         # float32 under a mixed precision policy: the output feeds the loss and serving

@@ -115,6 +115,52 @@ def test_one_lookup_equals_the_per_table_lookups_and_shared_tables_share_rows():
         FusedEmbedding([("a", 3)], [("x", "c")], 2)
 
 
+def test_a_block_lookup_is_the_features_embeddings_side_by_side():
+    layer = FusedEmbedding([("a", 3), ("b", 2)], [("x", "a"), ("y", "b"), ("z", "a")], 2,
+                           num_shards=2, name="embed_fused_d2_replicated")
+    inputs = [tf.constant(["p", "q"]), tf.constant([7, 8], tf.int64), tf.constant(["q", "r"])]
+    layer(inputs)
+    _fill(layer, np.arange(10, dtype=np.float32).reshape(5, 2))
+    block = layer(inputs, block=True).numpy()
+    assert block.shape == (2, 6)
+    np.testing.assert_array_equal(block, np.concatenate([t.numpy() for t in layer(inputs)], 1))
+    with pytest.raises(ValueError, match="one value per row"):
+        layer([inputs[0], inputs[1], tf.constant([["p", ""], ["q", ""]])], block=True)
+
+
+@pytest.mark.parametrize("features, blocks", [
+    # one width: every feature in one block, in config order
+    ([_cat("a", 10, 2), _cat("b", 5, 2), _cat("c", 10, 2, embedding_table="a")], 1),
+    # widths one after the other: a block per width
+    ([_cat("a", 10, 2), _cat("b", 5, 2), _cat("c", 7, 3)], 2),
+    # widths interleaved, or a list: the features one by one
+    ([_cat("a", 10, 2), _cat("b", 5, 3), _cat("c", 7, 2)], 0),
+    ([_cat("a", 10, 2), _cat("e", 4, 2, multivalent=True, max_length=3)], 0),
+])
+def test_the_feature_vector_keeps_the_config_order_with_or_without_blocks(features, blocks):
+    data = _data(features)
+    inputs = raw_inputs(data)
+    vector = keras.Model(inputs, feature_vector(inputs, data, {}))
+    concatenations = [layer for layer in vector.layers if layer.name == "features"]
+    fused = [layer for layer in vector.layers if isinstance(layer, FusedEmbedding)]
+    # blocks: the concatenation reads one tensor per group, not one per feature
+    want_parts = blocks if blocks else len(features)
+    assert len(concatenations[0].input) == want_parts if want_parts > 1 else not concatenations
+    rng = np.random.default_rng(0)
+    for layer in fused:
+        _fill(layer, rng.normal(size=(layer.num_buckets, layer.dim)).astype(np.float32))
+    if blocks == 0 and any(f.get("multivalent") for f in features):
+        return  # lists take the per-feature path, which the list-feature tests cover
+    rows = {f["name"]: tf.constant(["u", "v", "w"]) for f in features}
+    got = vector(rows).numpy()
+    want = []
+    for f in data.categorical:  # each feature's own lookup, concatenated in config order
+        layer = next(layer for layer in fused if f.name in dict(layer.features))
+        names = [name for name, _ in layer.features]
+        want.append(layer([rows[name] for name in names])[names.index(f.name)].numpy())
+    np.testing.assert_allclose(got, np.concatenate(want, axis=1), rtol=1e-6)
+
+
 def test_a_group_has_one_sparse_gradient_and_its_update_touches_only_the_looked_up_rows():
     layer = FusedEmbedding([("a", 3), ("b", 2)], [("x", "a"), ("y", "b"), ("z", "a")], 2,
                            num_shards=1, name="embed_fused_d2_replicated")
