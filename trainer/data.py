@@ -2,7 +2,7 @@
 
 Where the input's time goes (CPU per example, one thread, census-shaped rows of 39 columns):
 reading GZIP records and batching them ~2.4 µs, `tf.io.parse_example` ~2.2 µs. Next to a
-training step of ~13 µs per example on a 2-core machine, every further cost per example shows
+training step of ~8 µs of CPU per example on a 2-core machine, every further cost shows
 in the step rate, because the input and the step share the same cores. So:
 
 - Up to 4 files are read at once, each by its own thread (reads from object storage overlap),
