@@ -150,20 +150,26 @@ def test_embedding_partitioning_and_optimizer_keys_are_checked(raw, tmp_path):
            "'lazy_adam' or 'sgd'" in msg
 
 
-def test_table_placement_defaults_to_replicated_and_only_replicated_is_accepted(raw, tmp_path):
+def test_table_placement_defaults_to_replicated_and_model_parallel_is_accepted(raw, tmp_path):
     config = parse_config(raw)
     assert config.model.embeddings.placement == "replicated"
+    assert config.model.embeddings.exchange == "all_to_all"
     assert config.model.embeddings.placement_of("user_id") == "replicated"
-    raw["model"]["embeddings"] = {"placement": "replicated",
-                                  "tables": {"user_id": {"placement": "replicated"}}}
-    assert parse_config(raw).model.embeddings.placement_of("user_id") == "replicated"
-    raw["model"]["embeddings"] = {"placement": "model_parallel",
+    raw["model"]["embeddings"] = {"placement": "replicated", "exchange": "all_reduce",
+                                  "tables": {"user_id": {"placement": "model_parallel"}}}
+    parsed = parse_config(raw).model.embeddings
+    assert parsed.placement_of("user_id") == "model_parallel"
+    assert parsed.placement_of("item_id") == "replicated"
+    assert parsed.exchange == "all_reduce"
+    raw["model"]["embeddings"] = {"placement": "sharded", "exchange": "nccl",
                                   "tables": {"item_id": {"placement": "row_sharded"}}}
     msg = _error(raw, tmp_path)
-    assert "bad.yaml: model.embeddings.placement: Input should be 'replicated' (got " \
-           "'model_parallel')" in msg
+    assert "bad.yaml: model.embeddings.placement: Input should be 'replicated' or " \
+           "'model_parallel' (got 'sharded')" in msg
+    assert "bad.yaml: model.embeddings.exchange: Input should be 'all_to_all' or 'all_reduce' " \
+           "(got 'nccl')" in msg
     assert "bad.yaml: model.embeddings.tables.item_id.placement: Input should be 'replicated' " \
-           "(got 'row_sharded')" in msg
+           "or 'model_parallel' (got 'row_sharded')" in msg
 
 
 def test_a_placement_for_a_table_that_does_not_exist_is_named(raw, tmp_path):

@@ -3,7 +3,8 @@
 E experts run as one matmul per layer over a kernel of shape `(E, fan_in, units)`, never as E
 Dense layers: the graph has the same size whatever E is. Batch normalization runs TensorFlow's
 fused kernel (`trainer.normalization`), and the gates' softmax is written out in elementwise ops
-(oneDNN's softmax over a small last axis was one of the slowest ops of a step). Gates (and their optional MLPs) are batched the same way, with gates as a dimension.
+(oneDNN's softmax over a small last axis was one of the slowest ops of a step). Gates (and
+their optional MLPs) are batched the same way, with gates as a dimension.
 
 `_Backbone` is the base class every backbone shares (`trainer.backbones`,
 `trainer.extraction`), and `BackboneOutput` what a backbone's call returns.

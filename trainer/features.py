@@ -202,7 +202,7 @@ def embedding_tables(
                 group.tables, [(name, features[name].table) for name in group.features],
                 group.dim, num_shards=_num_shards(embeddings, group.rows),
                 min_shard_rows=embeddings.min_shard_rows, max_shards=embeddings.max_shards,
-                placement=group.placement, name=group.name,
+                placement=group.placement, exchange=embeddings.exchange, name=group.name,
             )
             tables.update((table, layer) for table, _ in group.tables)
         return tables
@@ -212,7 +212,8 @@ def embedding_tables(
         tables[f.table] = PartitionedEmbedding(
             f.hash_buckets, f.embedding_dim, num_shards=_num_shards(embeddings, f.hash_buckets),
             min_shard_rows=embeddings.min_shard_rows, max_shards=embeddings.max_shards,
-            placement=embeddings.placement_of(f.table), name=f"{prefix}embed_{f.table}",
+            placement=embeddings.placement_of(f.table), exchange=embeddings.exchange,
+            name=f"{prefix}embed_{f.table}",
         )
     return tables
 

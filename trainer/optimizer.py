@@ -146,7 +146,11 @@ class MultiTaskOptimizer(keras.optimizers.Optimizer):
                 local_copy(self.iterations).assign_add(1)
             if shards:
                 if replicas > 1:
-                    shards = all_reduce_tables(shards)
+                    # Model-parallel rows already reached their owner (the lookup's gradient);
+                    # replicated tables' rows are summed over the workers here.
+                    local = [(g, v) for g, v in shards if owner(v)[0].model_parallel]
+                    summed = [(g, v) for g, v in shards if not owner(v)[0].model_parallel]
+                    shards = (all_reduce_tables(summed) if summed else []) + local
                 self.tables.apply(shards)
         return self.iterations
 

@@ -17,6 +17,7 @@ from multitower.config.data import (
 )
 from multitower.config.load import ConfigError, load_config, parse_config
 from multitower.config.model import (
+    EXCHANGES,
     PLACEMENTS,
     CGCConfig,
     EmbeddingsConfig,
@@ -37,7 +38,8 @@ from multitower.config.serving import (
 from multitower.config.train import DWAConfig, GradNormConfig, TrainConfig
 
 __all__ = [
-    "PLACEMENTS", "BatchingConfig", "CGCConfig", "CategoricalFeature", "Config", "ConfigError",
+    "EXCHANGES", "PLACEMENTS", "BatchingConfig", "CGCConfig", "CategoricalFeature", "Config",
+    "ConfigError",
     "DWAConfig", "DataConfig", "ESMMConfig", "EmbeddingsConfig", "ExpertsConfig", "Feature",
     "GradNormConfig", "MLPConfig", "ModelConfig", "MonitoringConfig", "NumericFeature",
     "PLEConfig", "ServingConfig", "TableConfig", "Task", "TrainConfig", "VersionPolicy",

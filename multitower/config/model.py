@@ -50,10 +50,16 @@ Backbone = Literal["shared_bottom", "moe", "mmoe", "cgc", "ple", "single_task"]
 
 
 # Where a table's rows live. `replicated`: every worker holds the whole table (split into shard
-# variables). Model-parallel placements plug in here later; tables are only ever grouped into
-# fused variables with tables of the same placement.
-PLACEMENTS = ("replicated",)
-Placement = Literal["replicated"]
+# variables). `model_parallel`: worker w of N holds rows w, w + N, w + 2N, ... of it, and a
+# lookup fetches rows from their owners (`model.embeddings.exchange`). Tables are only ever
+# grouped into fused variables with tables of the same placement.
+PLACEMENTS = ("replicated", "model_parallel")
+Placement = Literal["replicated", "model_parallel"]
+# How model-parallel lookups reach the rows' owners: `all_to_all` (each worker sends each owner
+# only the ids it owns; uses private attributes of MultiWorkerMirroredStrategy) or `all_reduce`
+# (public API only: every worker sees every id, owners fill their rows, one all-reduce).
+EXCHANGES = ("all_to_all", "all_reduce")
+Exchange = Literal["all_to_all", "all_reduce"]
 
 
 class TableConfig(Strict):
@@ -70,13 +76,16 @@ class EmbeddingsConfig(Strict):
     `max_shards` (like TF's MinSizePartitioner). A checkpoint written with another P is
     re-partitioned when it is restored. `placement` is every table's default, `tables` overrides
     it per table (keyed by table name: a feature's `embedding_table`, or its own name). With
-    `fuse`, P applies to each fused group (its rows are the sum of its tables').
+    `fuse`, P applies to each fused group (its rows are the sum of its tables'). `exchange` is how
+    model-parallel tables are looked up (see `EXCHANGES`); P does not apply to them (each worker
+    holds one variable of its rows).
     """
 
     num_shards: PositiveInt | None = None
     min_shard_rows: PositiveInt = 1 << 20
     max_shards: PositiveInt = 8
     placement: Placement = "replicated"
+    exchange: Exchange = "all_to_all"
     tables: dict[str, TableConfig] = {}
     # Fused tables: tables of the same embedding_dim and placement share one variable (rows end
     # to end), so a step does one lookup, one gradient exchange and one row-sparse update per

@@ -24,7 +24,12 @@ import tensorflow as tf
 import tf_keras as keras
 
 from multitower.cluster import task_info
-from trainer.embeddings import PartitionedEmbedding, make_row_sparse_optimizer, restore_checkpoint
+from trainer.embeddings import (
+    PartitionedEmbedding,
+    is_embedding_variable,
+    make_row_sparse_optimizer,
+    restore_checkpoint,
+)
 from trainer.optimizer import MultiTaskOptimizer
 from trainer.strategy import make_strategy
 
@@ -37,6 +42,8 @@ _GRAD_TYPES: list[str] = []  # filled when the train step is traced
 
 
 class Toy(keras.Model):
+    """Trains on the global mean loss; records the gradient type of every embedding variable."""
+
     def train_step(self, data):
         x, y = data
         with tf.GradientTape() as tape:
@@ -47,7 +54,7 @@ class Toy(keras.Model):
         variables = self.trainable_variables
         grads = tape.gradient(loss, variables)
         _GRAD_TYPES.extend(type(g).__name__ for g, v in zip(grads, variables, strict=True)
-                           if "part_" in v.name)
+                           if is_embedding_variable(v))
         self.optimizer.apply_gradients(zip(grads, variables, strict=True))
         return {"loss": loss}
 

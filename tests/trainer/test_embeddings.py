@@ -74,9 +74,14 @@ def test_config_round_trip_keeps_the_number_of_shards_and_the_placement():
     assert isinstance(again, PartitionedEmbedding)
     assert (again.num_buckets, again.dim, again.num_shards, again.placement) == (
         50, 3, 4, "replicated")
-    with pytest.raises(ValueError, match="placement must be one of \\['replicated'\\], got "
-                       "'model_parallel'"):
-        PartitionedEmbedding(50, 3, placement="model_parallel")
+    parallel = PartitionedEmbedding(50, 3, placement="model_parallel", exchange="all_reduce")
+    again = keras.layers.deserialize(
+        {"class_name": "multitower>PartitionedEmbedding", "config": parallel.get_config()})
+    assert (again.placement, again.exchange, again.num_shards) == (
+        "model_parallel", "all_reduce", 1)
+    with pytest.raises(ValueError, match="placement must be one of \\['replicated', "
+                       "'model_parallel'\\], got 'row_sharded'"):
+        PartitionedEmbedding(50, 3, placement="row_sharded")
 
 
 def _ops(graph: tf.Graph) -> list[tf.Operation]:

@@ -48,7 +48,7 @@ GROUPED = _data([
 
 
 class _Placements:
-    """Stands in for a config with a second placement (only `replicated` exists today)."""
+    """An `EmbeddingsConfig` whose table `c` is model-parallel, as `placement_of` answers."""
 
     def placement_of(self, table):
         return "model_parallel" if table == "c" else "replicated"

@@ -12,9 +12,10 @@ Tables of one width and placement are fused into one `FusedEmbedding` (`fused`),
 `PartitionedEmbedding` whose rows are its tables' rows end to end: one lookup, one exchanged
 gradient and one row-sparse update per group instead of per table.
 
-`placement` is where a table's rows live; only `replicated` exists today (every worker holds
-the whole table). Model-parallel placements plug in at the layer's `placement`; tables are only
-ever grouped with tables of the same placement.
+`placement` is where a table's rows live: `replicated` (every worker holds the whole table) or
+`model_parallel` (worker w of N holds rows w::N in one variable of its own, and lookups fetch
+rows from their owners through an all-to-all or an all-reduce, `model_parallel`). Tables are
+only ever grouped with tables of the same placement.
 """
 
 from trainer.embeddings.exchange import all_reduce_tables

@@ -18,7 +18,7 @@ import weakref
 import tensorflow as tf
 import tf_keras as keras
 
-from multitower.config import PLACEMENTS
+from multitower.config import EXCHANGES, PLACEMENTS
 from trainer.embeddings.layout import (
     DEFAULT_MAX_SHARDS,
     DEFAULT_MIN_SHARD_ROWS,
@@ -27,6 +27,13 @@ from trainer.embeddings.layout import (
     resolve_num_shards,
     shard_sizes,
 )
+from trainer.embeddings.model_parallel import (
+    Workers,
+    current_workers,
+    local_variable,
+    rows_on_worker,
+)
+from trainer.embeddings.model_parallel import lookup as model_parallel_lookup
 
 _TAG = "_multitower_embedding"  # (weakref to the layer, shard index) on every shard variable
 
@@ -34,6 +41,11 @@ _TAG = "_multitower_embedding"  # (weakref to the layer, shard index) on every s
 def shard_name(index: int, num_shards: int) -> str:
     """`part_<index>_of_<num_shards>`: the checkpoint name of a shard, and of its slots."""
     return f"part_{index}_of_{num_shards}"
+
+
+def worker_shard_name(index: int, workers: int) -> str:
+    """`worker_<index>_of_<workers>`: a model-parallel table's rows on one worker."""
+    return f"worker_{index}_of_{workers}"
 
 
 def is_embedding_variable(variable: tf.Variable) -> bool:
@@ -94,8 +106,12 @@ class PartitionedEmbedding(keras.layers.Layer):
         max_shards: Largest derived P.
         embeddings_initializer: Initializer of every shard.
         placement: Where the rows live, one of `PLACEMENTS`. `replicated`: every worker holds
-            the whole table and applies the summed gradients to its copy. Model-parallel
-            placements plug in here; only tables of one placement are ever grouped together.
+            the whole table and applies the summed gradients to its copy. `model_parallel`:
+            worker w of N holds rows w, w + N, ... in one variable of its own (built under the
+            strategy: N is its replica count), and lookups fetch rows from their owners
+            (`trainer.embeddings.model_parallel`); `num_shards` does not apply. Only tables of
+            one placement are ever grouped together.
+        exchange: How a model-parallel table's lookups reach the owners, one of `EXCHANGES`.
         **kwargs: `keras.layers.Layer` arguments (`name`, `dtype`, ...).
 
     Input shape: any shape, usually `(batch,)`, of tf.string or an integer dtype.
@@ -113,16 +129,22 @@ class PartitionedEmbedding(keras.layers.Layer):
         self, num_buckets: int, dim: int, num_shards: int | None = None,
         min_shard_rows: int = DEFAULT_MIN_SHARD_ROWS, max_shards: int = DEFAULT_MAX_SHARDS,
         embeddings_initializer: str | dict | keras.initializers.Initializer = "uniform",
-        placement: str = "replicated", **kwargs,
+        placement: str = "replicated", exchange: str = "all_to_all", **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         if num_buckets < 1 or dim < 1:
             raise ValueError(f"num_buckets and dim must be >= 1, got {num_buckets} and {dim}")
         if placement not in PLACEMENTS:
             raise ValueError(f"placement must be one of {list(PLACEMENTS)}, got {placement!r}")
+        if exchange not in EXCHANGES:
+            raise ValueError(f"exchange must be one of {list(EXCHANGES)}, got {exchange!r}")
         self.num_buckets = int(num_buckets)
         self.dim = int(dim)
-        self.num_shards = resolve_num_shards(num_buckets, num_shards, min_shard_rows, max_shards)
+        # A model-parallel table is one variable per worker (its rows), never split further.
+        self.num_shards = 1 if placement == "model_parallel" else resolve_num_shards(
+            num_buckets, num_shards, min_shard_rows, max_shards)
+        self.exchange = exchange
+        self.workers = Workers(1, 0)  # model-parallel: set when built
         self.min_shard_rows = int(min_shard_rows)
         self.max_shards = int(max_shards)
         self.placement = placement
@@ -134,7 +156,16 @@ class PartitionedEmbedding(keras.layers.Layer):
         """The shard variables, in row order (empty before the layer is built)."""
         return list(getattr(self, "_shard_list", []))
 
+    @property
+    def model_parallel(self) -> bool:
+        """Whether each worker holds only its own rows (`placement: model_parallel`)."""
+        return self.placement == "model_parallel"
+
     def build(self, input_shape: tf.TensorShape) -> None:
+        if self.model_parallel:
+            self._build_model_parallel()
+            super().build(input_shape)
+            return
         shards = []
         for i, rows in enumerate(shard_sizes(self.num_buckets, self.num_shards)):
             shard = self.add_weight(
@@ -150,6 +181,21 @@ class PartitionedEmbedding(keras.layers.Layer):
         self._self_setattr_tracking = True
         super().build(input_shape)
 
+    def _build_model_parallel(self) -> None:
+        # This worker's rows in a variable of its own: not mirrored, not in the checkpoint the
+        # chief writes (each worker saves its rows itself, `trainer.embeddings.per_worker`).
+        self.workers = current_workers()
+        count, index = self.workers
+        rows = rows_on_worker(self.num_buckets, count, index)
+        initializer = self._shard_initializer(index)
+        shard = local_variable(lambda: initializer((rows, self.dim)),
+                               worker_shard_name(index, count), self.trainable)
+        setattr(shard, _TAG, (weakref.ref(self), 0))
+        self._self_setattr_tracking = False
+        self._shard_list = (shard,)
+        self._trainable_weights.append(shard)  # seen by the tape and the optimizer only
+        self._self_setattr_tracking = True
+
     def _shard_initializer(self, index: int) -> keras.initializers.Initializer:
         # A tf-keras initializer instance returns the same values on every call, which would
         # make same-sized shards identical: a fresh instance per shard, its seed (if any) offset.
@@ -164,6 +210,9 @@ class PartitionedEmbedding(keras.layers.Layer):
     def lookup(self, ids: tf.Tensor) -> tf.Tensor:
         """Embeddings of hashed ids (int, in `[0, num_buckets)`); shape `ids.shape + (dim,)`."""
         self._count_lookup(ids)
+        if self.model_parallel:
+            found = model_parallel_lookup(self._shard_list[0], ids, self.workers, self.exchange)
+            return tf.cast(found, self.compute_dtype)
         shards = [local_copy(s) for s in self._shard_list]
         if len(shards) == 1:
             found = shards[0].sparse_read(ids)
@@ -198,7 +247,14 @@ class PartitionedEmbedding(keras.layers.Layer):
         return tf.add_n(sizes) if sizes else None
 
     def full_table(self) -> tf.Tensor:
-        """The whole `(num_buckets, dim)` table; reads every row (tests, diagnostics)."""
+        """The whole `(num_buckets, dim)` table; reads every row (tests, diagnostics).
+
+        Raises:
+            ValueError: A model-parallel table split over several workers (each holds a part).
+        """
+        if self.model_parallel and self.workers.count > 1:
+            raise ValueError(f"{self.name} is split over {self.workers.count} workers; this one "
+                             f"holds rows {self.workers.index}::{self.workers.count}")
         return tf.concat([tf.convert_to_tensor(s) for s in self._shard_list], axis=0)
 
     def compute_output_shape(self, input_shape: tf.TensorShape) -> tf.TensorShape:
@@ -209,5 +265,6 @@ class PartitionedEmbedding(keras.layers.Layer):
             **super().get_config(), "num_buckets": self.num_buckets, "dim": self.dim,
             "num_shards": self.num_shards, "min_shard_rows": self.min_shard_rows,
             "max_shards": self.max_shards, "placement": self.placement,
+            "exchange": self.exchange,
             "embeddings_initializer": keras.initializers.serialize(self.embeddings_initializer),
         }

@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from trainer.embeddings.layer import PartitionedEmbedding, owner, shard_name
 from trainer.embeddings.layout import local_copy
+from trainer.embeddings.model_parallel import local_variable
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -43,6 +44,9 @@ class _Registry:
     def __init__(self) -> None:
         self.layers: dict[str, weakref.ref] = {}
         self.variables: list[tf.Variable] = []  # in creation order
+        # Slots of model-parallel tables: this worker's rows only, saved by each worker itself
+        # (`trainer.embeddings.per_worker`), never in the chief's checkpoint.
+        self.local_slots: dict[str, dict[str, dict[str, tf.Variable]]] = {}
         self.state_created = False
 
 
@@ -106,11 +110,15 @@ class RowSparseOptimizer(tf.Module):
                 if not self._registry.state_created:
                     self._create_state()
                     self._registry.state_created = True
-                self.slots[layer.name] = {
+                slots = {
                     slot: {shard_name(i, layer.num_shards): self._slot_variable(layer, i, slot)
                            for i in range(layer.num_shards)}
                     for slot in self.slot_names
                 }
+                if layer.model_parallel:
+                    self._registry.local_slots[layer.name] = slots
+                else:
+                    self.slots[layer.name] = slots
             self._registry.layers[layer.name] = weakref.ref(layer)
 
     def slot(self, shard: tf.Variable, name: str) -> tf.Variable:
@@ -124,7 +132,13 @@ class RowSparseOptimizer(tf.Module):
         if known is None or known() is not layer or name not in self.slot_names:
             raise ValueError(f"{type(self).__name__} has no slot {name!r} of {shard.name} (its "
                              f"slots: {list(self.slot_names)}; call build(tables) first)")
-        return self.slots[layer.name][name][shard_name(index, layer.num_shards)]
+        slots = self._registry.local_slots if layer.model_parallel else self.slots
+        return slots[layer.name][name][shard_name(index, layer.num_shards)]
+
+    def local_slots(self, layer_name: str) -> dict[str, tf.Variable]:
+        """`{slot name: variable}` of a model-parallel table: this worker's rows (empty if none)."""
+        found = self._registry.local_slots.get(layer_name, {})
+        return {slot: shards[shard_name(0, 1)] for slot, shards in found.items()}
 
     # Python loops over Python lists: nothing for AutoGraph to convert (and it fails on the
     # hooks whose body is only a docstring).
@@ -176,6 +190,9 @@ class RowSparseOptimizer(tf.Module):
     def _slot_variable(self, layer: PartitionedEmbedding, index: int, slot: str) -> tf.Variable:
         shard = layer.shards[index]
         value = self.initial_values.get(slot, 0.0)
+        if layer.model_parallel:  # this worker's rows, like the shard
+            return local_variable(lambda: tf.fill(shard.shape, tf.constant(value, shard.dtype)),
+                                  f"{layer.name}/{slot}", trainable=False, dtype=shard.dtype)
         with tf.distribute.get_strategy().extended.colocate_vars_with(shard):
             return self._new_variable(
                 lambda: tf.fill(shard.shape, tf.constant(value, shard.dtype)), shard.dtype,
