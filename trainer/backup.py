@@ -11,10 +11,13 @@ from the previous day's checkpoint. Backups are deleted once the day is complete
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import tensorflow as tf
 import tf_keras as keras
 
 from trainer.collectives import CollectiveSaver
+from trainer.embeddings.model_parallel import Workers
 from trainer.model_dir import ModelDir
 
 
@@ -28,16 +31,21 @@ class MidDayBackup(keras.callbacks.Callback):
         is_chief: Whether this process is the chief (only its backups land).
         first_step: The global step this run starts from.
         last_step: The day's last global step: no backup there, the day's checkpoint follows.
+        parts, workers: This worker's model-parallel rows and slots, and their split: every
+            worker saves them next to the backup (`trainer.embeddings.per_worker`).
     """
 
     def __init__(self, checkpoint: tf.train.Checkpoint, directory: str, every: int,
-                 is_chief: bool, first_step: int, last_step: int | None = None) -> None:
+                 is_chief: bool, first_step: int, last_step: int | None = None,
+                 parts: Mapping[str, tf.Variable] | None = None,
+                 workers: Workers | None = None) -> None:
         super().__init__()
         self._every = every
         self._last_step = last_step
         self._first_step = first_step
         self._last = first_step
-        self._saver = CollectiveSaver(checkpoint, directory, is_chief, max_to_keep=1)
+        self._saver = CollectiveSaver(checkpoint, directory, is_chief, max_to_keep=1,
+                                      parts=parts, workers=workers)
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         # Keras calls it once per call of the train function (`train.steps_per_execution`

@@ -19,7 +19,13 @@ import tf_keras as keras
 from multitower.config import Config
 from multitower.manifest import check_partition, partition_files, read_manifest
 from trainer.data import make_dataset
-from trainer.embeddings import restore_checkpoint
+from trainer.embeddings import (
+    model_parallel_variables,
+    restore_checkpoint,
+    restore_parts,
+    split_of,
+    table_rows,
+)
 from trainer.incremental import TrainingError
 from trainer.losses import invert_output
 from trainer.metrics import auc, calibration, logloss, mae, rmse
@@ -114,6 +120,9 @@ def restore_network(config: Config, normalization: Normalization, checkpoint: st
     """The network of `checkpoint`, built outside any strategy (no collectives to read it)."""
     network = build_network(config, normalization)
     restore_checkpoint(tf.train.Checkpoint(network=network), checkpoint)  # weights only
+    # model-parallel tables whole, stitched from every worker's part (rows only)
+    restore_parts(model_parallel_variables(network), checkpoint, split_of(network),
+                  table_rows(network))
     return network
 
 

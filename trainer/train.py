@@ -27,9 +27,16 @@ from multitower.manifest import (
     schema_mismatch,
 )
 from trainer.backup import MidDayBackup, latest_backup, remove_backups
-from trainer.collectives import CollectiveSaver, create_save_counter, read_weights
+from trainer.collectives import CollectiveSaver, barrier, create_save_counter, read_weights
 from trainer.data import make_dataset
-from trainer.embeddings import restore_checkpoint
+from trainer.embeddings import (
+    model_parallel_variables,
+    restore_checkpoint,
+    restore_parts,
+    split_of,
+    stitched_weights,
+    table_rows,
+)
 from trainer.evaluate import evaluate_model, restore_network
 from trainer.export import ExportRejectedError, export_saved_model
 from trainer.history import append_history, numeric_drift
@@ -225,8 +232,11 @@ def _build_and_restore(config: Config, day: DayPlan, strategy: tf.distribute.Str
     restored = day.resume or day.start.checkpoint
     if restored:
         # A table saved with another number of shards is re-partitioned; anything else
-        # missing from the checkpoint stops here.
+        # missing from the checkpoint stops here. Model-parallel rows and slots come from every
+        # worker's part, re-partitioned when the worker count changed.
         restore_checkpoint(checkpoint, restored)
+        restore_parts(model_parallel_variables(model.network, model.optimizer.tables), restored,
+                      split_of(model.network), table_rows(model.network))
     first_step = int(model.optimizer.iterations.numpy())
     log.info(
         "training day %s: %d rows, %d steps of %d on %d worker(s), %s",
@@ -256,8 +266,11 @@ def _fit(config: Config, day: DayPlan, model: TrainingModel, checkpoint: tf.trai
                               show=day.info.is_chief)
     callbacks = [BalancerEpochEnd(model), progress, *extra]
     if config.train.backup_every_steps:
-        callbacks.append(MidDayBackup(checkpoint, day.backups, config.train.backup_every_steps,
-                                      day.info.is_chief, first_step, day.day_start + day.steps))
+        callbacks.append(MidDayBackup(
+            checkpoint, day.backups, config.train.backup_every_steps, day.info.is_chief,
+            first_step, day.day_start + day.steps,
+            parts=model_parallel_variables(model.network, model.optimizer.tables),
+            workers=split_of(model.network)))
     if day.info.is_chief:  # one TensorBoard step per day: losses, metrics, weights, gates
         callbacks.append(keras.callbacks.TensorBoard(
             ModelDir(config.train.model_dir).tensorboard, write_graph=False,
@@ -282,15 +295,20 @@ def _publish(config: Config, day: DayPlan, model: TrainingModel,
         ExportRejectedError: On the chief, the export was rejected; the message says why.
     """
     model_dir = ModelDir(config.train.model_dir)
+    parts = model_parallel_variables(model.network, model.optimizer.tables)
     saver = CollectiveSaver(checkpoint, model_dir.checkpoints, day.info.is_chief,
-                            max_to_keep=CHECKPOINTS_KEPT)
+                            max_to_keep=CHECKPOINTS_KEPT, parts=parts,
+                            workers=split_of(model.network))
     saver.save(global_step)
     saver.close()
+    if parts:  # every worker's part is written before the chief stitches the tables
+        barrier(model.distribute_strategy)
     weights = read_weights(model.network)  # the day's last collective
     phases.lap("checkpoint")
     if not day.info.is_chief:
         return None, None
     version = next_version(config, day.state)
+    weights = stitched_weights(model.network, weights, model_dir.checkpoint(global_step))
     try:
         export_path = _export(config, day, weights, version)
     except ExportRejectedError as err:

@@ -114,10 +114,16 @@ def lookup(variable: tf.Variable, ids: tf.Tensor, workers: Workers, exchange: st
     dim = variable.shape[-1]
     if workers.count == 1:
         found = variable.sparse_read(flat)
-    elif tf.distribute.get_replica_context() is None:
+    elif tf.distribute.get_replica_context() is None and not tf.executing_eagerly():
         # Cross-replica context: Keras building the functional model on symbolic inputs, where
         # only the output's shape is wanted and no collective can run.
         found = tf.zeros(tf.stack([tf.size(flat), dim]), variable.dtype)
+    elif (tf.executing_eagerly()
+          or tf.distribute.get_strategy().num_replicas_in_sync != workers.count):
+        raise ModelParallelError(
+            f"{variable.name} holds 1/{workers.count} of its table's rows: its lookups need "
+            f"every worker, inside strategy.run in a tf.function (as training runs them); "
+            f"score with the stitched table instead (the export, or restore_network)")
     elif exchange == "all_to_all":
         found = _all_to_all_lookup(variable, flat, workers)
     else:

@@ -91,7 +91,8 @@ def restore_checkpoint(
     _check_fusion(graph, live, shapes, path)
     plans = []  # (layer, old shard node ids)
     for node_id, obj in live.items():
-        if isinstance(obj, PartitionedEmbedding) and obj.built:
+        # model-parallel rows are each worker's own, restored from the parts (`per_worker`)
+        if isinstance(obj, PartitionedEmbedding) and obj.built and not obj.model_parallel:
             old = _old_shards(graph, node_id, obj)
             if len(old) != obj.num_shards:
                 if not allow_repartition:
@@ -173,7 +174,8 @@ def _check_fusion(graph: _Graph, live: dict[int, object], shapes: dict[str, list
         ours = []
         for name, layer in tf.train.TrackableView.children(obj).items():
             m = _LAYER.match(name)
-            if m and isinstance(layer, PartitionedEmbedding) and layer.built:
+            if m and isinstance(layer, PartitionedEmbedding) and layer.built \
+                    and not layer.model_parallel:
                 model_fused = model_fused or isinstance(layer, FusedEmbedding)
                 ours.append((int(m[1]), layer.num_buckets, layer.dim))
         if sorted(saved) != sorted(ours) and _rows_by_width(saved) == _rows_by_width(ours):

@@ -1,0 +1,152 @@
+"""Model-parallel tables through `train_day` on two workers: each worker's rows and its part of
+the checkpoint, the export stitched from the parts and scored in a fresh process, the stitched
+table outside the cluster, re-partitioning to other worker counts, and the next day on one
+process continuing from the two workers' parts."""
+
+# ruff: noqa: I001  (multitower must be imported before TensorFlow)
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import multitower  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from multitower.config import load_config
+from tests.small_project import DAYS, config_in
+from trainer.embeddings import PartsMissingError, restore_parts
+from trainer.embeddings.model_parallel import Workers, local_variable, rows_on_worker
+from trainer.embeddings.per_worker import part_prefix
+from trainer.evaluate import restore_network
+from trainer.launch import run_local_workers
+from trainer.state import load_state
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+WORKER = str(Path(__file__).with_name("model_parallel_day_main.py"))
+REPO = str(Path(__file__).resolve().parents[2])
+GROUP = "embed_fused_d16_model_parallel"  # user_id and item_id (and the list recent_items)
+
+
+@pytest.fixture(scope="module")
+def day1(small_project, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("model-parallel-days")
+    config_path = config_in(small_project, folder, embeddings={
+        "num_shards": 3, "tables": {"user_id": {"placement": "model_parallel"},
+                                    "item_id": {"placement": "model_parallel"}}})
+    rows = folder / "rows.jsonl"
+    day3 = sorted((Path(small_project["root"]) / "work" / "logs" / f"dt={DAYS[2]}").glob("*.gz"))
+    with gzip.open(day3[0], "rt") as f, rows.open("w") as out:
+        for _, line in zip(range(200), f, strict=False):
+            out.write(line)
+    (folder / "day1").mkdir()
+    status = run_local_workers([WORKER, str(config_path), DAYS[0], str(folder / "day1"),
+                                str(rows)], 2, extra_env={"PYTHONPATH": REPO},
+                               echo_workers=True)
+    assert status == 0, f"a worker failed with exit code {status}"
+    dumps = [dict(np.load(folder / "day1" / f"worker-{i}.npz")) for i in range(2)]
+    config = load_config(config_path)
+    step = int(dumps[0]["global_step"])
+    return {"folder": folder, "config_path": config_path, "config": config, "rows": rows,
+            "dumps": dumps, "checkpoint": str(folder / "model" / "checkpoints" / f"ckpt-{step}")}
+
+
+def _buckets(config) -> int:
+    return sum({f.table: f.hash_buckets for f in config.data.categorical
+                if f.table in ("user_id", "item_id")}.values())
+
+
+def _stitched(dumps, key: str) -> np.ndarray:
+    parts = [d[key] for d in dumps]
+    full = np.zeros((sum(len(p) for p in parts), *parts[0].shape[1:]), parts[0].dtype)
+    for w, part in enumerate(parts):
+        full[w::len(parts)] = part
+    return full
+
+
+def test_each_worker_holds_its_rows_and_saves_them_beside_the_chiefs_checkpoint(day1):
+    buckets = _buckets(day1["config"])
+    for w, dump in enumerate(day1["dumps"]):
+        assert dump[f"rows/{GROUP}"].shape == (rows_on_worker(buckets, 2, w), 16)
+        assert dump[f"slot/{GROUP}/accumulator"].shape == dump[f"rows/{GROUP}"].shape
+        assert tf.io.gfile.exists(part_prefix(day1["checkpoint"], w, 2) + ".index")
+    # replicated weights are equal on both workers; the model-parallel rows are not copies
+    for key in day1["dumps"][0]:
+        if key.startswith("dense/"):
+            np.testing.assert_array_equal(day1["dumps"][0][key], day1["dumps"][1][key])
+    # the chief's checkpoint holds the replicated tables, not the model-parallel rows
+    names = [name for name, _ in tf.train.list_variables(day1["checkpoint"])]
+    assert any("embed_fused_d4_replicated" in n for n in names)
+    assert not any(GROUP in n for n in names)
+    # the part holds rows and the Adagrad accumulator of this worker's rows
+    part = tf.train.load_checkpoint(part_prefix(day1["checkpoint"], 1, 2))
+    np.testing.assert_array_equal(
+        part.get_tensor(f"parts/{GROUP}/.ATTRIBUTES/VARIABLE_VALUE"),
+        day1["dumps"][1][f"rows/{GROUP}"])
+
+
+def test_the_export_loaded_fresh_scores_as_the_distributed_model(day1):
+    out = subprocess.run(
+        [sys.executable, "-m", "commands.cli", "predict",
+         "--model", str(day1["folder"] / "export" / "impressions"), "--input", str(day1["rows"])],
+        capture_output=True, text=True, check=True, cwd=REPO)
+    predictions = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(predictions) == 200
+    for task in ("click", "conversion", "watch_time"):
+        served = np.array([p[task] for p in predictions])
+        np.testing.assert_allclose(served, day1["dumps"][0][f"pred_{task}"], atol=1e-5)
+        np.testing.assert_allclose(day1["dumps"][1][f"pred_{task}"],
+                                   day1["dumps"][0][f"pred_{task}"], atol=1e-6)
+
+
+def test_outside_the_cluster_the_network_gets_the_whole_table_stitched(day1):
+    state = load_state(day1["config"].train.model_dir)
+    network = restore_network(day1["config"], state.normalization, day1["checkpoint"])
+    layer = network.get_layer(GROUP)
+    np.testing.assert_array_equal(layer.full_table().numpy(),
+                                  _stitched(day1["dumps"], f"rows/{GROUP}"))
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_parts_of_two_workers_re_partition_exactly_onto_other_counts(day1, count):
+    buckets = _buckets(day1["config"])
+    want = {"": _stitched(day1["dumps"], f"rows/{GROUP}"),
+            "__accumulator": _stitched(day1["dumps"], f"slot/{GROUP}/accumulator")}
+    got = {k: np.zeros_like(v) for k, v in want.items()}
+    for w in range(count):
+        mine = {f"{GROUP}{k}": local_variable(tf.zeros((rows_on_worker(buckets, count, w), 16)),
+                                              f"v{w}{k}", trainable=False) for k in want}
+        restore_parts(mine, day1["checkpoint"], Workers(count, w), {GROUP: buckets})
+        for k in want:
+            got[k][w::count] = mine[f"{GROUP}{k}"].numpy()
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
+def test_missing_parts_are_named(day1, tmp_path):
+    variable = {GROUP: local_variable(tf.zeros((3, 16)), "x", trainable=False)}
+    with pytest.raises(PartsMissingError, match="has no model-parallel parts"):
+        restore_parts(variable, str(tmp_path / "ckpt-1"), Workers(1, 0), {GROUP: 3})
+    with pytest.raises(PartsMissingError,
+                       match="not \\[2, 16\\] \\(worker 0 of 2.s rows of a 3-row"):
+        restore_parts(variable, day1["checkpoint"], Workers(1, 0), {GROUP: 3})
+
+
+def test_the_next_day_on_one_process_continues_from_the_two_workers_parts(day1):
+    out = day1["folder"] / "day2"
+    out.mkdir()
+    done = subprocess.run([sys.executable, WORKER, str(day1["config_path"]), DAYS[1], str(out),
+                           str(day1["rows"])],
+                          env={**os.environ, "PYTHONPATH": REPO, "TF_CONFIG": ""},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "re-partitioned" in done.stderr and "from 2 worker part(s)" in done.stderr
+    dump = dict(np.load(out / "worker-0.npz"))
+    assert dump[f"rows/{GROUP}"].shape == (_buckets(day1["config"]), 16)
+    assert int(dump["global_step"]) > int(day1["dumps"][0]["global_step"])
+    step = int(dump["global_step"])
+    assert tf.io.gfile.exists(part_prefix(str(day1["folder"] / "model" / "checkpoints" /
+                                              f"ckpt-{step}"), 0, 1) + ".index")
