@@ -1,8 +1,9 @@
 """Will the model fit? The embedding tables' bytes, estimated before any variable exists.
 
-Every worker holds every table whole (placement `replicated`), with the row-sparse optimizer's
-slots beside it: a table of R rows and width D takes `R x D x 4 x (1 + slots)` bytes (float32
-variables whatever `train.precision` says). A `hash_buckets: 2**62` would otherwise end in an
+Every worker holds every replicated table whole, with the row-sparse optimizer's slots beside
+it: a table of R rows and width D takes `R x D x 4 x (1 + slots)` bytes (float32 variables
+whatever `train.precision` says). Of a model-parallel table, each of N workers holds
+`ceil(R / N)` rows and their slots. A `hash_buckets: 2**62` would otherwise end in an
 out-of-memory traceback naming a tensor shape, minutes into the run.
 
 The limit is `train.memory_budget_bytes` when set, else what this worker may use: its cgroup's
@@ -37,10 +38,11 @@ class TableEstimate:
     bytes: int
 
 
-def table_estimates(config: Config) -> list[TableEstimate]:
-    """The bytes of every embedding table and its optimizer slots, largest first.
+def table_estimates(config: Config, workers: int = 1) -> list[TableEstimate]:
+    """The bytes of every embedding table and its optimizer slots on one worker, largest first.
 
-    The single-task baseline gives every task its own tables, so they count once per task.
+    The single-task baseline gives every task its own tables, so they count once per task; a
+    model-parallel table counts its share of rows on one of `workers` workers.
     """
     slots = len(make_row_sparse_optimizer(config.train.embedding_optimizer, 1.0).slot_names)
     copies = len(config.data.tasks) if config.model.backbone == "single_task" else 1
@@ -48,10 +50,12 @@ def table_estimates(config: Config) -> list[TableEstimate]:
     for index, feature in enumerate(config.data.features):
         if feature.type != "categorical" or feature.table in found:
             continue
-        size = feature.hash_buckets * feature.embedding_dim * _BYTES_PER_VALUE * (1 + slots)
-        found[feature.table] = TableEstimate(feature.table, f"data.features[{index}]",
-                                             feature.hash_buckets, feature.embedding_dim,
-                                             size * copies)
+        rows = feature.hash_buckets
+        if config.model.embeddings.placement_of(feature.table) == "model_parallel":
+            rows = -(-rows // max(1, workers))
+        size = rows * feature.embedding_dim * _BYTES_PER_VALUE * (1 + slots)
+        found[feature.table] = TableEstimate(feature.table, f"data.features[{index}]", rows,
+                                             feature.embedding_dim, size * copies)
     return sorted(found.values(), key=lambda t: -t.bytes)
 
 
@@ -81,8 +85,12 @@ def _gib(count: int) -> str:
     return f"{count / (1 << 30):.1f} GiB"
 
 
-def check_memory(config: Config) -> list[TableEstimate]:
-    """Refuses a model whose tables would not fit, before anything is built.
+def check_memory(config: Config, workers: int = 1) -> list[TableEstimate]:
+    """Refuses a model whose tables would not fit one worker, before anything is built.
+
+    Args:
+        config: The loaded config.
+        workers: The worker count (model-parallel tables are split over them).
 
     Returns:
         The estimates, largest first.
@@ -90,7 +98,7 @@ def check_memory(config: Config) -> list[TableEstimate]:
     Raises:
         MemoryBudgetError: The tables exceed `train.memory_budget_bytes`, or the worker's memory.
     """
-    tables = table_estimates(config)
+    tables = table_estimates(config, workers)
     total = sum(t.bytes for t in tables)
     budget = config.train.memory_budget_bytes
     limit, source = (budget, "train.memory_budget_bytes") if budget else available_memory()
@@ -101,5 +109,6 @@ def check_memory(config: Config) -> list[TableEstimate]:
     raise MemoryBudgetError(
         f"the embedding tables need about {_gib(total)} per worker (with "
         f"{config.train.embedding_optimizer}'s slots), more than {_gib(limit)} from {source}; "
-        f"largest: {largest}. Lower hash_buckets or embedding_dim there"
+        f"largest: {largest}. Lower hash_buckets or embedding_dim there, or place the table "
+        f"model_parallel (model.embeddings.tables.<table>.placement) on several workers"
         + ("" if budget else ", or set train.memory_budget_bytes if the estimate is wrong"))

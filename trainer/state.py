@@ -26,6 +26,8 @@ class TrainedDay:
     rows: int
     version: int
     metrics: dict[str, float]
+    # model-parallel tables: {layer: {"placement", "workers", "exchange"}} as trained that day
+    tables: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass

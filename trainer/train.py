@@ -31,6 +31,7 @@ from trainer.collectives import CollectiveSaver, barrier, create_save_counter, r
 from trainer.data import make_dataset
 from trainer.embeddings import (
     model_parallel_variables,
+    placements,
     restore_checkpoint,
     restore_parts,
     split_of,
@@ -124,7 +125,7 @@ def _train_day(config: Config, date: str, strategy: tf.distribute.Strategy, forc
     global _days_in_process
     phases = DayPhases(first_day_of_process=_days_in_process == 0)
     _days_in_process += 1
-    check_memory(config)  # every worker: each holds every table
+    check_memory(config, task_info().num_workers)  # every worker: replicated tables whole
     day = plan_training(config, date, force=force, allow_gap=allow_gap)
     phases.lap("plan")
     if day.info.is_chief and day.start.checkpoint and not day.resume:
@@ -315,7 +316,8 @@ def _publish(config: Config, day: DayPlan, model: TrainingModel,
         raise _reject_day(config, day, global_step, err) from None
     state = day.state or TrainState(config.model.name, config.data.schema_fingerprint(),
                                     day.normalization)
-    state.days.append(TrainedDay(day.date, global_step, day.steps, day.rows, version, metrics))
+    state.days.append(TrainedDay(day.date, global_step, day.steps, day.rows, version, metrics,
+                                 placements(model.network)))
     save_state(config.train.model_dir, state)
     with tf.io.gfile.GFile(model_dir.resolved_config, "w") as f:
         f.write(config.to_yaml())

@@ -40,6 +40,19 @@ def test_a_table_beyond_the_budget_is_refused_naming_the_key():
         in message
 
 
+def test_a_model_parallel_table_counts_its_share_of_rows_on_one_worker():
+    raw = _config(memory_budget_bytes=1 << 30)
+    raw["model"]["embeddings"] = {"tables": {"user_id": {"placement": "model_parallel"}}}
+    tables = {t.table: t for t in table_estimates(parse_config(raw), workers=3)}
+    assert tables["user_id"].rows == 33_334 and tables["item_id"].rows == 100_000
+    assert tables["user_id"].bytes == 33_334 * 16 * 4 * 2  # with Adagrad's accumulator
+    # a table too big for one worker fits as its share on 64
+    raw["data"]["features"][0]["hash_buckets"] = 2**26  # 8 GiB with its slots
+    with pytest.raises(MemoryBudgetError, match="or place the table model_parallel"):
+        check_memory(parse_config(raw), workers=1)
+    assert check_memory(parse_config(raw), workers=64)[0].rows == 2**20
+
+
 def test_without_a_budget_the_workers_memory_is_the_limit():
     limit, source = available_memory()
     assert 0 < limit < 1 << 60 and source

@@ -81,6 +81,10 @@ def test_each_worker_holds_its_rows_and_saves_them_beside_the_chiefs_checkpoint(
     names = [name for name, _ in tf.train.list_variables(day1["checkpoint"])]
     assert any("embed_fused_d4_replicated" in n for n in names)
     assert not any(GROUP in n for n in names)
+    # the day's state says how the table was split and exchanged
+    state = load_state(day1["config"].train.model_dir)
+    assert state.days[-1].tables == {GROUP: {"placement": "model_parallel", "workers": 2,
+                                             "exchange": "all_to_all"}}
     # the part holds rows and the Adagrad accumulator of this worker's rows
     part = tf.train.load_checkpoint(part_prefix(day1["checkpoint"], 1, 2))
     np.testing.assert_array_equal(

@@ -44,6 +44,7 @@ from trainer.embeddings.optimizers import (
 from trainer.embeddings.per_worker import (
     PartsMissingError,
     model_parallel_variables,
+    placements,
     restore_parts,
     split_of,
     stitched_weights,
@@ -59,7 +60,7 @@ from trainer.embeddings.repartition import (
 __all__ = [
     "DEFAULT_MAX_SHARDS", "DEFAULT_MIN_SHARD_ROWS", "EMBEDDING_OPTIMIZERS", "PLACEMENTS",
     "FusedEmbedding", "FusionMismatchError", "PartitionMismatchError", "PartitionedEmbedding",
-    "PartsMissingError", "model_parallel_variables", "restore_parts", "split_of",
+    "PartsMissingError", "model_parallel_variables", "placements", "restore_parts", "split_of",
     "stitched_weights", "table_rows",
     "Repartition", "RowSparseOptimizer", "TableRows", "all_reduce_tables", "embedding_variables",
     "find_table", "fused_name", "hash_ids", "is_embedding_variable", "local_copy", "locate",

@@ -13,6 +13,7 @@ shape.
 
 from __future__ import annotations
 
+import logging
 import weakref
 
 import tensorflow as tf
@@ -35,6 +36,7 @@ from trainer.embeddings.model_parallel import (
 )
 from trainer.embeddings.model_parallel import lookup as model_parallel_lookup
 
+log = logging.getLogger("multitower.trainer")
 _TAG = "_multitower_embedding"  # (weakref to the layer, shard index) on every shard variable
 
 
@@ -195,6 +197,9 @@ class PartitionedEmbedding(keras.layers.Layer):
         self._shard_list = (shard,)
         self._trainable_weights.append(shard)  # seen by the tape and the optimizer only
         self._self_setattr_tracking = True
+        log.info("table %s: model_parallel, %d of %d rows on worker %d of %d, exchange %s",
+                 self.name, rows, self.num_buckets, index, count,
+                 self.exchange if count > 1 else "none (one worker)")
 
     def _shard_initializer(self, index: int) -> keras.initializers.Initializer:
         # A tf-keras initializer instance returns the same values on every call, which would

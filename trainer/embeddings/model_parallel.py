@@ -9,17 +9,21 @@ goes through the full table (rows only, or rows and slots), never through a shar
 A lookup, in replica context inside a `tf.function`, on every worker at the same point:
 
 - `all_to_all` (default): each worker buckets its ids by owner, pads every bucket to the step's
-  id count (a fixed shape: inside the train function's `tf.while_loop` a collective keeps the
-  shape of its first iteration), sends each owner its bucket (`CollectiveAllToAllV2`, with the
-  bucket sizes in one all-gather), the owners gather the rows and send them back the same way.
+  id count with -1 (a fixed shape: inside the train function's `tf.while_loop` a collective
+  keeps the shape of its first iteration), sends each owner its bucket (`CollectiveAllToAllV2`),
+  the owners gather the rows of the ids that are not padding and send them back the same way:
+  two collectives forward, one backward.
   The gradient is the same exchange backwards (all-to-all is its own adjoint), so an owner
   receives exactly the gradient rows of the ids it served. The op needs the group and instance
   keys and the ordering token of MultiWorkerMirroredStrategy's collective launcher: private
   attributes, read in ONE place (`_launcher_keys`), which fails loudly if they change.
-- `all_reduce` (public API only): every worker's ids are all-gathered, each owner fills the rows
-  it owns into zeros, and one all-reduce sums the pieces; each worker keeps its slice. The
-  gradient of the all-reduce is the all-reduce of the gradients (`ReplicaContext.all_reduce`'s
-  own), so every owner receives every worker's gradient rows for the ids it owns.
+- `all_reduce` (public API only): every worker's ids reach every worker (one all-reduce of a
+  buffer where each worker fills its own slot), each owner fills the rows it owns into zeros,
+  and one all-reduce sums the pieces; each worker keeps its slice. The gradient of the
+  all-reduce is the all-reduce of the gradients (`ReplicaContext.all_reduce`'s own), so every
+  owner receives every worker's gradient rows for the ids it owns: two collectives forward,
+  one backward. (Id counts that differ by worker, as in an uneven last batch, take two
+  all-gathers instead of the first all-reduce.)
 
 Either way the forward values are copies (a row plus zeros is the row): the same bits as a
 lookup in the whole table. The owner's gradient reaches its variable as `tf.IndexedSlices`
@@ -135,16 +139,21 @@ def lookup(variable: tf.Variable, ids: tf.Tensor, workers: Workers, exchange: st
 
 def _all_reduce_lookup(variable: tf.Variable, flat: tf.Tensor, workers: Workers) -> tf.Tensor:
     context = tf.distribute.get_replica_context()
-    n = tf.size(flat)
-    sizes = context.all_gather(tf.reshape(n, [1]), axis=0)  # every worker's id count
-    every = context.all_gather(flat, axis=0)  # (sum of sizes,)
+    n = flat.shape[0]
+    if n is None:  # id counts differ by worker (an uneven last batch): gather them first
+        sizes = context.all_gather(tf.reshape(tf.size(flat), [1]), axis=0)
+        every = context.all_gather(flat, axis=0)  # (sum of sizes,)
+        start, n = tf.reduce_sum(sizes[:workers.index]), tf.size(flat)
+    else:  # one all-reduce: each worker fills its own slot of the buffer with its ids
+        start = workers.index * n
+        every = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.pad(
+            flat, [[start, (workers.count - 1 - workers.index) * n]]))
     owned = tf.where(tf.equal(every % workers.count, workers.index))[:, 0]
     rows = variable.sparse_read(tf.gather(every, owned) // workers.count)
     pieces = tf.scatter_nd(owned[:, None], rows,
                            tf.stack([tf.size(every, out_type=tf.int64),
                                      tf.cast(variable.shape[-1], tf.int64)]))
     summed = context.all_reduce(tf.distribute.ReduceOp.SUM, pieces)
-    start = tf.reduce_sum(sizes[:workers.index])
     return summed[start:start + n]
 
 
@@ -229,15 +238,14 @@ def _all_to_all_lookup(variable: tf.Variable, flat: tf.Tensor, workers: Workers)
     sorted_owner = tf.gather(owner, order)
     sent = tf.math.bincount(owner, minlength=count, maxlength=count)  # ids for each owner
     starts = tf.cumsum(sent, exclusive=True)
-    # slot of each (sorted) id in the (owners, n) send buffer
+    # slot of each (sorted) id in the (owners, n) send buffer; empty slots hold -1
     slot = tf.cast(sorted_owner, tf.int64) * tf.cast(n, tf.int64) + tf.cast(
         tf.range(tf.size(flat)) - tf.gather(starts, sorted_owner), tf.int64)
     buffer = tf.stack([tf.cast(count, tf.int64) * tf.cast(n, tf.int64)])
-    requests = tf.scatter_nd(slot[:, None], tf.gather(flat, order) // count, buffer)
+    requests = tf.tensor_scatter_nd_update(tf.fill(buffer, tf.constant(-1, tf.int64)),
+                                           slot[:, None], tf.gather(flat, order) // count)
     received = all_to_all(requests)  # block q: the local rows worker q asks of this one
-    context = tf.distribute.get_replica_context()
-    asked = tf.reshape(context.all_gather(sent[None], axis=0), [count, count])[:, workers.index]
-    valid = tf.where(tf.reshape(tf.range(n)[None, :] < asked[:, None], [-1]))[:, 0]
+    valid = tf.where(received >= 0)[:, 0]
     rows = variable.sparse_read(tf.gather(received, valid))
     dim = tf.cast(variable.shape[-1], tf.int64)
     replies = tf.scatter_nd(valid[:, None], rows, tf.concat([buffer, [dim]], axis=0))

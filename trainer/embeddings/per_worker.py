@@ -70,6 +70,14 @@ def split_of(network: tf.Module) -> Workers:
     return Workers(1, 0)
 
 
+def placements(network: tf.Module) -> dict[str, dict]:
+    """What a day records of each model-parallel table: its split and the exchange it used."""
+    return {layer.name: {"placement": "model_parallel", "workers": layer.workers.count,
+                         "exchange": layer.exchange if layer.workers.count > 1 else "none"}
+            for layer in [network, *network.submodules]
+            if isinstance(layer, PartitionedEmbedding) and layer.model_parallel}
+
+
 def table_rows(network: tf.Module) -> dict[str, int]:
     """Rows of each model-parallel table of `network`, by layer name."""
     return {layer.name: layer.num_buckets for layer in [network, *network.submodules]
