@@ -62,6 +62,7 @@ class CollectiveSaver:
         self._directory = directory
         self._parts = dict(parts or {})
         self._workers = workers or Workers(1, 0)
+        self._previous: list[str] = []
 
     def save(self, number: int) -> str | None:
         """Saves as `ckpt-<number>` (a collective); returns the chief's path, else None.
@@ -73,9 +74,17 @@ class CollectiveSaver:
         if self._parts:
             prefix = os.path.join(self._directory, f"ckpt-{int(number)}")
             save_parts(self._parts, prefix, self._workers)
+            # Kept: what the chief's list in `directory` names (a non-chief's own manager
+            # knows only its temporary folder), and the previous save's part: a chief that died
+            # before this save still lists that checkpoint as its newest, and a relaunch
+            # restores every part of it.
+            listed = tf.train.get_checkpoint_state(self._directory)
             kept = [os.path.join(self._directory, os.path.basename(p))
-                    for p in self._manager.checkpoints]
+                    for p in [*self._manager.checkpoints,
+                              *(listed.all_model_checkpoint_paths if listed else [])]]
+            kept += self._previous
             prune_parts(self._directory, self._workers, kept)
+            self._previous = [prefix]
         return None if self._temporary else path
 
     def close(self) -> None:

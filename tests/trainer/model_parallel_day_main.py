@@ -6,7 +6,8 @@ Writes OUT_DIR/worker-<index>.npz: every model-parallel table's rows on this wor
 (`rows/<layer>`) with their slots (`slot/<layer>/<slot>`), the replicated weights of the network
 (`dense/<i>`, every variable but the model-parallel ones), the global step, and the trained
 model's predictions on the raw rows (`pred_<task>`), computed the way training looks rows up:
-inside `strategy.run`, every worker scoring the same rows.
+inside `strategy.run`, every worker scoring the same rows. With CRASH_WORKER_AFTER=i:k in the
+environment, worker i dies as in `worker_main.py`.
 """
 
 # ruff: noqa: I001  (multitower must be imported before TensorFlow)
@@ -26,6 +27,7 @@ from multitower.values import padded
 from trainer.embeddings import model_parallel_variables
 from trainer.strategy import make_strategy
 from trainer.train import train_day
+from tests.trainer.worker_main import CrashWorker
 
 
 def main() -> None:
@@ -34,7 +36,9 @@ def main() -> None:
     config_path, date, out_dir, rows_path = sys.argv[1:5]
     strategy = make_strategy()
     config = load_config(config_path)
-    result = train_day(config, date, strategy)
+    crash = os.environ.get("CRASH_WORKER_AFTER")  # "<worker index>:<steps>"
+    callbacks = [CrashWorker(*map(int, crash.split(":")))] if crash else []
+    result = train_day(config, date, strategy, callbacks=callbacks)
     network = result.model.network
     parts = model_parallel_variables(network, result.model.optimizer.tables)
     arrays = {}

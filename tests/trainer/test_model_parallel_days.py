@@ -22,7 +22,7 @@ from trainer.embeddings import PartsMissingError, restore_parts
 from trainer.embeddings.model_parallel import Workers, local_variable, rows_on_worker
 from trainer.embeddings.per_worker import part_prefix
 from trainer.evaluate import restore_network
-from trainer.launch import run_local_workers
+from trainer.launch import cluster_env, free_ports, run_local_workers
 from trainer.state import load_state
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -31,12 +31,14 @@ REPO = str(Path(__file__).resolve().parents[2])
 GROUP = "embed_fused_d16_model_parallel"  # user_id and item_id (and the list recent_items)
 
 
+EMBEDDINGS = {"num_shards": 3, "tables": {"user_id": {"placement": "model_parallel"},
+                                          "item_id": {"placement": "model_parallel"}}}
+
+
 @pytest.fixture(scope="module")
 def day1(small_project, tmp_path_factory):
     folder = tmp_path_factory.mktemp("model-parallel-days")
-    config_path = config_in(small_project, folder, embeddings={
-        "num_shards": 3, "tables": {"user_id": {"placement": "model_parallel"},
-                                    "item_id": {"placement": "model_parallel"}}})
+    config_path = config_in(small_project, folder, embeddings=EMBEDDINGS)
     rows = folder / "rows.jsonl"
     day3 = sorted((Path(small_project["root"]) / "work" / "logs" / f"dt={DAYS[2]}").glob("*.gz"))
     with gzip.open(day3[0], "rt") as f, rows.open("w") as out:
@@ -154,3 +156,37 @@ def test_the_next_day_on_one_process_continues_from_the_two_workers_parts(day1):
     step = int(dump["global_step"])
     assert tf.io.gfile.exists(part_prefix(str(day1["folder"] / "model" / "checkpoints" /
                                               f"ckpt-{step}"), 0, 1) + ".index")
+
+
+def test_a_killed_worker_relaunched_resumes_from_every_workers_backup(day1, small_project,
+                                                                      tmp_path):
+    """Day 1 again with a backup every 3 steps at 2 steps per call; the chief dies at step 6,
+    after the backup at step 4 (every worker's part of it written); the same command again
+    ends with the rows of the uninterrupted run."""
+    config = config_in(small_project, tmp_path, embeddings=EMBEDDINGS,
+                       train={"backup_every_steps": 3, "steps_per_execution": 2})
+    ports = free_ports(2)
+    (tmp_path / "crash").mkdir()
+    procs = [subprocess.Popen(
+        [sys.executable, WORKER, str(config), DAYS[0], str(tmp_path / "crash"),
+         str(day1["rows"])],
+        env={**cluster_env(2, i, ports), "PYTHONPATH": REPO, "CRASH_WORKER_AFTER": "0:5"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(2)]
+    codes = [p.wait(timeout=300) for p in procs]
+    assert codes[0] == 3 and codes[1] != 0
+    backup = tmp_path / "model" / "backup" / f"dt={DAYS[0]}-from-0-workers-2"
+    for w in range(2):
+        assert tf.io.gfile.exists(part_prefix(str(backup / "ckpt-4"), w, 2) + ".index")
+    (tmp_path / "relaunch").mkdir()
+    status = run_local_workers([WORKER, str(config), DAYS[0], str(tmp_path / "relaunch"),
+                                str(day1["rows"])], 2, extra_env={"PYTHONPATH": REPO},
+                               echo_workers=True)
+    assert status == 0
+    for w in range(2):
+        resumed = dict(np.load(tmp_path / "relaunch" / f"worker-{w}.npz"))
+        steady = day1["dumps"][w]
+        assert int(resumed["global_step"]) == int(steady["global_step"])
+        for key in (f"rows/{GROUP}", f"slot/{GROUP}/accumulator"):
+            np.testing.assert_allclose(resumed[key], steady[key], rtol=1e-5, atol=1e-6,
+                                       err_msg=key)
+    assert not os.listdir(tmp_path / "model" / "backup")  # removed once the day is complete
