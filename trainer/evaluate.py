@@ -119,10 +119,13 @@ def restore_network(config: Config, normalization: Normalization, checkpoint: st
                     ) -> keras.Model:
     """The network of `checkpoint`, built outside any strategy (no collectives to read it)."""
     network = build_network(config, normalization)
-    restore_checkpoint(tf.train.Checkpoint(network=network), checkpoint)  # weights only
+    # weights only; a table saved under the other placement is converted here
+    moved = {r.layer for r in restore_checkpoint(tf.train.Checkpoint(network=network),
+                                                 checkpoint) if r.placement_changed}
     # model-parallel tables whole, stitched from every worker's part (rows only)
-    restore_parts(model_parallel_variables(network), checkpoint, split_of(network),
-                  table_rows(network))
+    parts = model_parallel_variables(network)
+    restore_parts({k: v for k, v in parts.items() if k not in moved}, checkpoint,
+                  split_of(network), table_rows(network))
     return network
 
 

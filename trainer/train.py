@@ -235,9 +235,11 @@ def _build_and_restore(config: Config, day: DayPlan, strategy: tf.distribute.Str
         # A table saved with another number of shards is re-partitioned; anything else
         # missing from the checkpoint stops here. Model-parallel rows and slots come from every
         # worker's part, re-partitioned when the worker count changed.
-        restore_checkpoint(checkpoint, restored)
-        restore_parts(model_parallel_variables(model.network, model.optimizer.tables), restored,
-                      split_of(model.network), table_rows(model.network))
+        moved = {r.layer for r in restore_checkpoint(checkpoint, restored)
+                 if r.placement_changed}  # saved replicated: filled from the checkpoint
+        parts = model_parallel_variables(model.network, model.optimizer.tables)
+        restore_parts({k: v for k, v in parts.items() if k.split("__")[0] not in moved},
+                      restored, split_of(model.network), table_rows(model.network))
     first_step = int(model.optimizer.iterations.numpy())
     log.info(
         "training day %s: %d rows, %d steps of %d on %d worker(s), %s",

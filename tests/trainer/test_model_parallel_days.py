@@ -190,3 +190,35 @@ def test_a_killed_worker_relaunched_resumes_from_every_workers_backup(day1, smal
             np.testing.assert_allclose(resumed[key], steady[key], rtol=1e-5, atol=1e-6,
                                        err_msg=key)
     assert not os.listdir(tmp_path / "model" / "backup")  # removed once the day is complete
+
+
+def test_a_table_changes_placement_through_its_checkpoint_and_back(day1, tmp_path):
+    from multitower.config import EmbeddingsConfig
+    from trainer.embeddings import restore_checkpoint
+    from trainer.training_model import build_training_model
+
+    normalization = load_state(day1["config"].train.model_dir).normalization
+    rows = _stitched(day1["dumps"], f"rows/{GROUP}")
+    accumulator = _stitched(day1["dumps"], f"slot/{GROUP}/accumulator")
+    # model-parallel (2 workers' parts) -> replicated in 3 shards: stitched, rows and slots
+    model = day1["config"].model.model_copy(update={"embeddings": EmbeddingsConfig(num_shards=3)})
+    replicated_config = day1["config"].model_copy(update={"model": model})
+    replicated = build_training_model(replicated_config, normalization)
+    done = restore_checkpoint(replicated.checkpoint(), day1["checkpoint"])
+    assert [(r.layer, r.placement_changed) for r in done] == [
+        ("embed_fused_d16_replicated", True)]
+    layer = replicated.network.get_layer("embed_fused_d16_replicated")
+    np.testing.assert_array_equal(layer.full_table().numpy(), rows)
+    tables = replicated.optimizer.tables
+    np.testing.assert_array_equal(
+        np.concatenate([tables.slot(v, "accumulator").numpy() for v in layer.shards]),
+        accumulator)
+    path = replicated.checkpoint().write(str(tmp_path / "ckpt-1"))
+    # ... and back: replicated -> model-parallel (one process holds every row)
+    parallel = build_training_model(day1["config"], normalization)
+    done = restore_checkpoint(parallel.checkpoint(), path)
+    assert [(r.layer, r.placement_changed) for r in done] == [(GROUP, True)]
+    (mine,) = parallel.network.get_layer(GROUP).shards
+    np.testing.assert_array_equal(mine.numpy(), rows)
+    np.testing.assert_array_equal(parallel.optimizer.tables.local_slots(GROUP)["accumulator"]
+                                  .numpy(), accumulator)

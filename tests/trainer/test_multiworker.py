@@ -202,3 +202,29 @@ def test_relaunch_on_another_worker_count_restarts_the_day_from_the_last_checkpo
     assert int(dump["global_step"]) == steps
     assert "new model" in stderr and "resuming from the backup" not in stderr
     assert not os.listdir(tmp_path / "model" / "backup")  # the stale backup is gone too
+
+
+def test_a_replicated_table_becomes_model_parallel_on_the_next_day(two_days, small_project,
+                                                                 tmp_path):
+    """Day 2 on two workers with the id tables placed model_parallel, from day 1's replicated
+    checkpoint: each worker takes its rows (w::2) of the saved table and trains on."""
+    config = config_in(small_project, tmp_path, embeddings={
+        "num_shards": 3, "tables": {"user_id": {"placement": "model_parallel"},
+                                    "item_id": {"placement": "model_parallel"}}})
+    shutil.copytree(two_days["folder"] / "model-after-day1", tmp_path / "model")
+    (tmp_path / "day2").mkdir()
+    worker = str(Path(__file__).with_name("model_parallel_day_main.py"))
+    status = run_local_workers([worker, str(config), DAYS[1], str(tmp_path / "day2"),
+                                str(two_days["rows"])], 2, extra_env={"PYTHONPATH": REPO},
+                               echo_workers=True)
+    assert status == 0
+    saved = two_days["day1"][0]["table/embed_fused_d16_replicated"]
+    for w in range(2):
+        rows = np.load(tmp_path / "day2" / f"worker-{w}.npz")["rows/embed_fused_d16_model_parallel"]
+        assert rows.shape == saved[w::2].shape
+        # rows no day-2 example touched keep their day-1 values exactly; others trained on
+        kept = np.all(rows == saved[w::2], axis=1).mean()
+        assert 0.2 < kept < 1.0, f"worker {w}: {kept:.2f} of rows kept"
+    state = json.loads((tmp_path / "model" / "state.json").read_text())
+    assert state["days"][-1]["tables"] == {"embed_fused_d16_model_parallel": {
+        "placement": "model_parallel", "workers": 2, "exchange": "all_to_all"}}

@@ -166,6 +166,16 @@ def stitched_weights(network: tf.Module, weights: list[np.ndarray], checkpoint: 
     return out
 
 
+def stitched_parts(checkpoint: str, names: Mapping[str, object], num_buckets: Mapping[str, int]
+                   ) -> dict[str, np.ndarray]:
+    """Whole tables (and slots) named `names` (`<layer>`, `<layer>__<slot>`) from the parts."""
+    readers = _readers(checkpoint, sorted(names))
+    path, first = readers[0]
+    return {name: _rows_for(readers, name, num_buckets[name.split("__")[0]], Workers(1, 0),
+                            tf.TensorShape(_read(first, path, name).shape[1:]))
+            for name in names}
+
+
 def _readers(checkpoint: str, names: list[str]) -> list[tuple[str, tf.train.CheckpointReader]]:
     count = written_count(checkpoint)
     if count is None:

@@ -26,6 +26,7 @@ from multitower.errors import MultitowerError
 from trainer.embeddings.fused import FusedEmbedding
 from trainer.embeddings.layer import PartitionedEmbedding
 from trainer.embeddings.optimizers import RowSparseOptimizer
+from trainer.embeddings.per_worker import stitched_parts, written_count
 
 log = logging.getLogger("multitower.trainer")
 
@@ -52,6 +53,58 @@ class Repartition:
     old_shards: int
     new_shards: int
     slots: tuple[str, ...]  # row-sparse optimizer slots re-partitioned with it
+    placement_changed: bool = False  # saved replicated, now model-parallel, or the other way
+
+
+def other_placement_name(name: str) -> str:
+    """The name a fused group had under the other placement (a table's own name is the same)."""
+    for this, other in (("_model_parallel", "_replicated"), ("_replicated", "_model_parallel")):
+        if _FUSED.search(name) and name.endswith(this):
+            return name[: -len(this)] + other
+    return name
+
+
+def _change_placement(layer: PartitionedEmbedding, old: list[int] | None, graph: _Graph,
+                      reader: tf.train.CheckpointReader, path: str,
+                      optimizers: list[tuple[int, RowSparseOptimizer]]) -> tuple[str, ...]:
+    """Fills `layer` (and its slots) from a table saved under the other placement.
+
+    `old`: the replicated shards' nodes (now model-parallel), or None (saved model-parallel,
+    now replicated: the whole table is stitched from every worker's part).
+    """
+    if old is not None:  # replicated -> model-parallel: this worker's rows of the whole table
+        count, index = layer.workers
+        full = np.concatenate([reader.get_tensor(_value_key(graph.nodes[n])) for n in old])
+        layer.shards[0].assign(full[index::count])
+        names = []
+        for node, optimizer in optimizers:
+            saved = _saved_slots(graph, node, layer) or _saved_slots(
+                graph, node, layer, other_placement_name(layer.name))
+            for slot, nodes in sorted(saved.items()):
+                full = np.concatenate([reader.get_tensor(_value_key(graph.nodes[n]))
+                                       for n in nodes])
+                optimizer.local_slots(layer.name)[slot].assign(full[index::count])
+                names.append(slot)
+        log.info("table %s: saved replicated in %s, now model-parallel: worker %d of %d took "
+                 "its rows (slots: %s)", layer.name, path, index, count,
+                 ", ".join(names) or "none")
+        return tuple(names)
+    saved_name = other_placement_name(layer.name)
+    rows = {saved_name: layer.num_buckets}
+    parts = {saved_name: None}
+    names = []
+    for _, optimizer in optimizers:
+        names = list(optimizer.slot_names)
+        parts.update({f"{saved_name}__{slot}": None for slot in names})
+    full = stitched_parts(path, parts, rows)
+    _assign_rows(layer.shards, [full[saved_name]])
+    for _, optimizer in optimizers:
+        for slot in names:
+            _assign_rows([optimizer.slot(v, slot) for v in layer.shards],
+                         [full[f"{saved_name}__{slot}"]])
+    log.info("table %s: saved model-parallel in %s, now replicated: stitched from every "
+             "worker's part (slots: %s)", layer.name, path, ", ".join(names) or "none")
+    return tuple(names)
 
 
 def restore_checkpoint(
@@ -90,11 +143,23 @@ def restore_checkpoint(
     shapes = reader.get_variable_to_shape_map()
     _check_fusion(graph, live, shapes, path)
     plans = []  # (layer, old shard node ids)
+    placed = []  # (layer, old shard node ids or None): tables saved with the other placement
     for node_id, obj in live.items():
-        # model-parallel rows are each worker's own, restored from the parts (`per_worker`)
-        if isinstance(obj, PartitionedEmbedding) and obj.built and not obj.model_parallel:
-            old = _old_shards(graph, node_id, obj)
-            if len(old) != obj.num_shards:
+        if not (isinstance(obj, PartitionedEmbedding) and obj.built):
+            continue
+        if obj.model_parallel:
+            # Its rows are each worker's own, restored from the parts (`per_worker`), unless
+            # the checkpoint holds the table replicated (the placement changed).
+            old = _parts(graph, node_id, f"layer {obj.name!r}")
+            if old:
+                _check_rows([shapes[_value_key(graph.nodes[n])] for n in old], obj, "the table")
+                placed.append((obj, old))
+            continue
+        if not _parts(graph, node_id, f"layer {obj.name!r}") and written_count(path):
+            placed.append((obj, None))  # saved model-parallel: its rows are in the parts
+            continue
+        old = _old_shards(graph, node_id, obj)
+        if len(old) != obj.num_shards:
                 if not allow_repartition:
                     raise PartitionMismatchError(
                         f"layer {obj.name!r}: the checkpoint {path} holds its table in "
@@ -124,11 +189,22 @@ def restore_checkpoint(
     for layer, _, found in work:  # the slots that receive the old rows
         for optimizer in {id(o): o for o, _, _ in found}.values():
             optimizer.build([layer])
+    for layer, _ in placed:
+        for _, optimizer in optimizers:
+            optimizer.build([layer])
     status = checkpoint.restore(path)
-    if not plans:
+    if not plans and not placed:
         status.assert_existing_objects_matched().expect_partial()
         return []
     done, new = [], []
+    for layer, old in placed:
+        names = _change_placement(layer, old, graph, reader, path,
+                                  [(n, o) for n, o in optimizers])
+        if not layer.model_parallel:
+            new += layer.shards + [o.slot(v, slot) for _, o in optimizers for slot in names
+                                   for v in layer.shards]
+        done.append(Repartition(layer.name, len(old) if old else 0, layer.num_shards, names,
+                                placement_changed=True))
     for layer, old, found in work:
         _assign_rows(layer.shards, [reader.get_tensor(_value_key(graph.nodes[n])) for n in old])
         new += layer.shards
@@ -261,10 +337,13 @@ def _old_shards(graph: _Graph, node_id: int, layer: PartitionedEmbedding) -> lis
 
 
 def _saved_slots(graph: _Graph, optimizer_node: int, layer: PartitionedEmbedding,
-                 ) -> dict[str, list[int]]:
-    """Slot name -> the checkpoint node ids of that slot of a layer's shards, in row order."""
+                 name: str | None = None) -> dict[str, list[int]]:
+    """Slot name -> the checkpoint node ids of that slot of a layer's shards, in row order.
+
+    `name`: the layer's name in the checkpoint, if not its own.
+    """
     slots = _child(graph, optimizer_node, "slots")
-    table = None if slots is None else _child(graph, slots, layer.name)
+    table = None if slots is None else _child(graph, slots, name or layer.name)
     if table is None:
         return {}
     return {ref.local_name: _parts(graph, ref.node_id,
