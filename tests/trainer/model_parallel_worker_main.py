@@ -1,6 +1,6 @@
 """One worker of the model-parallel table test (run on 2 or 3 workers).
 
-Usage: python model_parallel_worker_main.py OUT_DIR
+Usage: python model_parallel_worker_main.py OUT_DIR [OPTIMIZER:EXCHANGE ...]
 
 For each embedding optimizer and each exchange, under MultiWorkerMirroredStrategy: builds a toy
 model with a model-parallel table (looked up by a one-value feature and, shared, by a 3-long
@@ -9,7 +9,10 @@ whole table (`initial_table`: worker w takes rows w::N) and every other weight f
 values; trains STEPS global batches with `model.fit` at 4 steps per call. Writes
 OUT_DIR/<optimizer>-<exchange>-worker-<index>.npz: this worker's rows (`rows`), their slots
 (`slot_<name>`), the replicated table (`replicated`), the dense weights (`dense_<i>`), and the
-gradient type the model-parallel variable got when traced (`grad_type`).
+gradient type the model-parallel variable got when traced (`grad_type`), and the rows a
+lookup of uneven id counts returned (`uneven_ids`, `uneven_rows`: worker w looks up 3 + w ids);
+and saves its part of the trained table and slots under OUT_DIR/<optimizer>-<exchange>/ckpt-1.
+Without OPTIMIZER:EXCHANGE pairs, every optimizer with every exchange.
 """
 
 # ruff: noqa: I001  (multitower must be imported before TensorFlow)
@@ -22,7 +25,13 @@ import tensorflow as tf
 import tf_keras as keras
 
 from multitower.cluster import task_info
-from trainer.embeddings import PartitionedEmbedding, make_row_sparse_optimizer
+from trainer.embeddings import (
+    PartitionedEmbedding,
+    make_row_sparse_optimizer,
+    model_parallel_variables,
+)
+from trainer.embeddings.model_parallel import Workers
+from trainer.embeddings.per_worker import save_parts
 from trainer.optimizer import MultiTaskOptimizer
 from trainer.strategy import make_strategy
 from tests.trainer.embeddings_worker_main import _GRAD_TYPES, Toy
@@ -94,23 +103,38 @@ def main() -> None:
         mine = ({k: v[keep] for k, v in features.items()}, targets[keep])
         return tf.data.Dataset.from_tensor_slices(mine).batch(per, drop_remainder=True)
 
-    for optimizer in OPTIMIZERS:
-        for exchange in EXCHANGES:
-            _GRAD_TYPES.clear()
-            with strategy.scope():
-                model, table, small = build(optimizer, "model_parallel", exchange)
-            (rows,) = table.shards
-            rows.assign(initial_table()[info.task_id::count])
-            model.fit(keras.utils.experimental.DatasetCreator(dataset_fn), epochs=1,
-                      steps_per_epoch=STEPS, verbose=0)
-            arrays = {"rows": rows.numpy(), "replicated": small.full_table().numpy(),
-                      "grad_type": np.array(sorted(set(_GRAD_TYPES)))}
-            for slot in SLOTS[optimizer]:
-                arrays[f"slot_{slot}"] = model.optimizer.tables.slot(rows, slot).numpy()
-            arrays.update({f"dense_{i}": w for i, w in
-                           enumerate(model.get_layer("dense").get_weights())})
-            np.savez(os.path.join(out_dir, f"{optimizer}-{exchange}-worker-{info.task_id}.npz"),
-                     **arrays)
+    combos = [tuple(c.split(":")) for c in sys.argv[2:]] or [
+        (o, e) for o in OPTIMIZERS for e in EXCHANGES]
+    for optimizer, exchange in combos:
+        _GRAD_TYPES.clear()
+        with strategy.scope():
+            model, table, small = build(optimizer, "model_parallel", exchange)
+        (rows,) = table.shards
+        rows.assign(initial_table()[info.task_id::count])
+        model.fit(keras.utils.experimental.DatasetCreator(dataset_fn), epochs=1,
+                  steps_per_epoch=STEPS, verbose=0)
+        arrays = {"rows": rows.numpy(), "replicated": small.full_table().numpy(),
+                  "grad_type": np.array(sorted(set(_GRAD_TYPES)))}
+        for slot in SLOTS[optimizer]:
+            arrays[f"slot_{slot}"] = model.optimizer.tables.slot(rows, slot).numpy()
+        arrays.update({f"dense_{i}": w for i, w in
+                       enumerate(model.get_layer("dense").get_weights())})
+        # Uneven id counts (worker w looks up 3 + w ids, as in an uneven last batch).
+        ids = tf.constant((np.arange(3 + info.task_id) * 7 + info.task_id) % BUCKETS,
+                          tf.int64)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.int64)], autograph=False)
+        def look_up(values, table=table):
+            return strategy.run(table.lookup, args=(values,))
+
+        arrays["uneven_ids"] = ids.numpy()
+        arrays["uneven_rows"] = strategy.experimental_local_results(look_up(ids))[0].numpy()
+        # This worker's part, for the re-partitioning test.
+        save_parts(model_parallel_variables(model, model.optimizer.tables),
+                   os.path.join(out_dir, f"{optimizer}-{exchange}", "ckpt-1"),
+                   Workers(count, info.task_id))
+        np.savez(os.path.join(out_dir, f"{optimizer}-{exchange}-worker-{info.task_id}.npz"),
+                 **arrays)
 
 
 if __name__ == "__main__":
