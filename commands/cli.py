@@ -228,6 +228,35 @@ def export(config_path: str, checkpoint: str | None, date: str | None) -> None:
 
 
 @main.command()
+@config_option
+@click.option("--workers", required=True, type=click.IntRange(min=1),
+              help="The worker count the next run will train on.")
+@click.option("--checkpoint", type=str, default=None,
+              help="The checkpoint prefix (<model_dir>/checkpoints/ckpt-<step>); default: the "
+                   "latest.")
+@friendly_errors
+def repartition(config_path: str, workers: int, checkpoint: str | None) -> None:
+    """Rewrite a checkpoint's model-parallel table parts for another number of workers.
+
+    Offline, on any one machine; a day started on another count does the same by itself, each
+    worker reading every old part. Replicated tables need nothing.
+    """
+    import tensorflow as tf
+
+    from trainer.embeddings import repartition_parts
+    from trainer.model_dir import ModelDir
+
+    config = load_config(config_path)
+    folder = ModelDir(config.train.model_dir).checkpoints
+    path = checkpoint or tf.train.latest_checkpoint(folder)
+    if path is None:
+        raise click.UsageError(f"{folder} holds no checkpoint; train a day first")
+    old = repartition_parts(path, workers)
+    click.echo(f"{path}: model-parallel parts of {old} worker(s) rewritten for {workers}"
+               if old != workers else f"{path}: already written for {workers} worker(s)")
+
+
+@main.command()
 @click.option("--workdir", default="demo-work", show_default=True, type=click.Path(file_okay=False))
 @click.option("--rows-per-day", default=60_000, show_default=True, type=click.IntRange(min=1000))
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1),

@@ -222,3 +222,28 @@ def test_a_table_changes_placement_through_its_checkpoint_and_back(day1, tmp_pat
     np.testing.assert_array_equal(mine.numpy(), rows)
     np.testing.assert_array_equal(parallel.optimizer.tables.local_slots(GROUP)["accumulator"]
                                   .numpy(), accumulator)
+
+
+def test_the_repartition_command_rewrites_the_parts_for_another_count(day1, tmp_path):
+    import shutil
+
+    shutil.copytree(day1["folder"] / "model", tmp_path / "model")
+    checkpoint = str(tmp_path / "model" / "checkpoints" / Path(day1["checkpoint"]).name)
+    config = tmp_path / "config.yaml"
+    raw = day1["config_path"].read_text().replace(str(day1["folder"] / "model"),
+                                                  str(tmp_path / "model"))
+    config.write_text(raw)
+    done = subprocess.run([sys.executable, "-m", "commands.cli", "repartition", "--config",
+                           str(config), "--workers", "3", "--checkpoint", checkpoint],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "model-parallel parts of 2 worker(s) rewritten for 3" in done.stdout
+    assert not tf.io.gfile.exists(part_prefix(checkpoint, 0, 2) + ".index")  # old ones gone
+    buckets = _buckets(day1["config"])
+    for key, name in ((f"rows/{GROUP}", GROUP), (f"slot/{GROUP}/accumulator",
+                                                  f"{GROUP}__accumulator")):
+        got = np.zeros((buckets, 16), np.float32)
+        for w in range(3):
+            part = tf.train.load_checkpoint(part_prefix(checkpoint, w, 3))
+            got[w::3] = part.get_tensor(f"parts/{name}/.ATTRIBUTES/VARIABLE_VALUE")
+        np.testing.assert_array_equal(got, _stitched(day1["dumps"], key), err_msg=key)

@@ -45,6 +45,7 @@ from trainer.embeddings.per_worker import (
     PartsMissingError,
     model_parallel_variables,
     placements,
+    repartition_parts,
     restore_parts,
     split_of,
     stitched_weights,
@@ -60,8 +61,8 @@ from trainer.embeddings.repartition import (
 __all__ = [
     "DEFAULT_MAX_SHARDS", "DEFAULT_MIN_SHARD_ROWS", "EMBEDDING_OPTIMIZERS", "PLACEMENTS",
     "FusedEmbedding", "FusionMismatchError", "PartitionMismatchError", "PartitionedEmbedding",
-    "PartsMissingError", "model_parallel_variables", "placements", "restore_parts", "split_of",
-    "stitched_weights", "table_rows",
+    "PartsMissingError", "model_parallel_variables", "placements", "repartition_parts",
+    "restore_parts", "split_of", "stitched_weights", "table_rows",
     "Repartition", "RowSparseOptimizer", "TableRows", "all_reduce_tables", "embedding_variables",
     "find_table", "fused_name", "hash_ids", "is_embedding_variable", "local_copy", "locate",
     "make_row_sparse_optimizer", "owner", "resolve_num_shards", "restore_checkpoint",

@@ -176,6 +176,43 @@ def stitched_parts(checkpoint: str, names: Mapping[str, object], num_buckets: Ma
             for name in names}
 
 
+def repartition_parts(checkpoint: str, workers: int) -> int:
+    """Rewrites `checkpoint`'s model-parallel parts for `workers` workers, offline.
+
+    Each new part is built from the old ones (one old part and one new part in memory at a
+    time) and written; then the old parts of this checkpoint are deleted, so a day starting on
+    `workers` workers reads its own part directly. Returns the old worker count.
+
+    Raises:
+        PartsMissingError: The checkpoint has no parts, or they are incomplete.
+    """
+    count = written_count(checkpoint)
+    if count is None:
+        raise PartsMissingError(f"{checkpoint} has no model-parallel parts to re-partition")
+    if count == workers:
+        return count
+    first = tf.train.load_checkpoint(part_prefix(checkpoint, 0, count))
+    names = sorted(key.split("/")[1] for key in first.get_variable_to_shape_map()
+                   if key.startswith("parts/") and key.endswith("VARIABLE_VALUE"))
+    readers = _readers(checkpoint, names)
+    rows = {}
+    for name in names:  # a table's rows: the sum of its parts'
+        if "__" not in name:
+            rows[name] = sum(r.get_variable_to_shape_map()[_key(name)][0] for _, r in readers)
+    for index in range(workers):
+        values = {name: tf.Variable(_rows_for(
+            readers, name, rows[name.split("__")[0]], Workers(workers, index),
+            tf.TensorShape(first.get_variable_to_shape_map()[_key(name)][1:])))
+            for name in names}
+        tf.train.Checkpoint(parts=values).write(part_prefix(checkpoint, index, workers))
+    for old in range(count):
+        for path in tf.io.gfile.glob(part_prefix(checkpoint, old, count) + ".*"):
+            tf.io.gfile.remove(path)
+    log.info("re-partitioned %s's model-parallel parts %s from %d to %d workers", checkpoint,
+             names, count, workers)
+    return count
+
+
 def _readers(checkpoint: str, names: list[str]) -> list[tuple[str, tf.train.CheckpointReader]]:
     count = written_count(checkpoint)
     if count is None:
