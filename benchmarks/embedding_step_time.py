@@ -146,6 +146,9 @@ def _worker(args: argparse.Namespace) -> None:
 
         def train_step(self, data: tuple[tf.Tensor, tf.Tensor]) -> dict[str, tf.Tensor]:
             x, y = data
+            # The replica's batch size, known, as the trainer's step makes it
+            # (`TrainingModel._fixed_batch`): the lookup then exchanges fixed shapes.
+            x = tf.ensure_shape(x, [BATCH // replicas])
             self.ids_shape = x.shape.as_list()  # at trace time: the shape the lookup sees
             with tf.GradientTape() as tape:
                 p = self(x, training=True)[:, 0]
@@ -179,11 +182,14 @@ def _worker(args: argparse.Namespace) -> None:
     rng = np.random.default_rng(0)
     values = rng.integers(0, 1 << 40, size=total * BATCH, dtype=np.int64)
     labels = rng.integers(0, 2, size=total * BATCH).astype(np.float32)
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    # Fixed-size batches, as the trainer's: a model-parallel lookup then exchanges fixed shapes.
-    dataset = (tf.data.Dataset.from_tensor_slices((values, labels))
-               .batch(BATCH, drop_remainder=True).with_options(options))
+    def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        # Each worker reads its share of every global batch in fixed-size batches, as the
+        # trainer's input does: a model-parallel lookup then exchanges fixed shapes.
+        per = context.get_per_replica_batch_size(BATCH)
+        return (tf.data.Dataset.from_tensor_slices((values, labels))
+                .shard(context.num_input_pipelines, context.input_pipeline_id)
+                .batch(per, drop_remainder=True))
+
     state = {"variant": args.variant, "worker": worker}
     for rows in args.rows:
         state.update(rows=rows, phase="building", steps=0)
@@ -207,7 +213,8 @@ def _worker(args: argparse.Namespace) -> None:
             model.compile(optimizer=dense if args.variant == "plain" else MultiTaskOptimizer(
                 dense, make_row_sparse_optimizer(args.optimizer, 0.05)))
         clock = Clock(state)
-        model.fit(dataset, epochs=1, steps_per_epoch=total, verbose=0, callbacks=[clock])
+        model.fit(keras.utils.experimental.DatasetCreator(dataset_fn), epochs=1,
+                  steps_per_epoch=total, verbose=0, callbacks=[clock])
         rounds = (np.diff(clock.ends)[args.warmup:] * 1000).reshape(args.rounds, args.steps)
         medians = np.median(rounds, axis=1)
         # Rows this worker holds, from the variables' shapes (a mirrored shard: all of them).
@@ -294,7 +301,8 @@ def exchange_bytes(variant: str, workers: int, static_ids: bool) -> tuple[int, s
         variant: One of `VARIANTS`.
         workers: N.
         static_ids: Whether the lookup saw a static batch size (else the all-to-all first
-            all-gathers the id counts to pad its buckets).
+            all-gathers the id counts to size its buckets, and the all-reduce exchange
+            all-gathers the ids instead of all-reducing them).
 
     Every `ReplicaContext.all_gather` of MWMS is two collectives: the shapes (N x rank int32),
     then the data padded to the largest piece.
@@ -312,13 +320,16 @@ def exchange_bytes(variant: str, workers: int, static_ids: bool) -> tuple[int, s
         parts = {"packed N*(4+n*d*4+n*8)": big * (4 + n * d * 4 + n * 8),
                  "its shape N*4": big * 4}
         how = "one packed all-gather of the gradient"
-    elif variant == "model_parallel_a2a":
+    elif variant == "model_parallel_a2a":  # buckets padded with -1: no count exchange
         parts = {"ids N*n*8": big * n * 8, "rows N*n*d*4": big * n * d * 4,
-                 "counts all-gather N*N*4 (+shape)": gather(big, 4, rank=2),
                  "backward rows N*n*d*4": big * n * d * 4}
         if not static_ids:
             parts["id count all-gather"] = gather(1, 4)
         how = "all-to-all ids and rows, rows back"
+    elif static_ids:  # ids in one all-reduce (each worker fills its own slot)
+        parts = {"ids all-reduce N*n*8": big * n * 8, "all-reduce N*n*d*4": big * n * d * 4,
+                 "backward all-reduce N*n*d*4": big * n * d * 4}
+        how = "all-reduce ids, all-reduce rows, all-reduce back"
     else:
         parts = {"id counts all-gather": gather(1, 4), "ids all-gather N*n*8": gather(n, 8),
                  "all-reduce N*n*d*4": big * n * d * 4,
