@@ -247,3 +247,20 @@ def test_the_repartition_command_rewrites_the_parts_for_another_count(day1, tmp_
             part = tf.train.load_checkpoint(part_prefix(checkpoint, w, 3))
             got[w::3] = part.get_tensor(f"parts/{name}/.ATTRIBUTES/VARIABLE_VALUE")
         np.testing.assert_array_equal(got, _stitched(day1["dumps"], key), err_msg=key)
+
+
+def test_a_step_saved_again_on_another_count_replaces_the_old_parts(tmp_path):
+    from trainer.embeddings.per_worker import save_parts, written_count
+
+    checkpoint = str(tmp_path / "ckpt-5")
+    for w in range(2):
+        rows = local_variable(tf.fill((rows_on_worker(5, 2, w), 2), float(w)), f"r{w}",
+                              trainable=False)
+        save_parts({"t": rows}, checkpoint, Workers(2, w))
+    assert written_count(checkpoint) == 2
+    whole = local_variable(tf.range(5.0)[:, None] * tf.ones((1, 2)), "whole", trainable=False)
+    save_parts({"t": whole}, checkpoint, Workers(1, 0))  # the same step again, one worker
+    assert written_count(checkpoint) == 1
+    back = local_variable(tf.zeros((5, 2)), "back", trainable=False)
+    restore_parts({"t": back}, checkpoint, Workers(1, 0), {"t": 5})
+    np.testing.assert_array_equal(back.numpy()[:, 0], np.arange(5.0))

@@ -17,6 +17,7 @@ slots. The model directory must be reachable from every worker (as object storag
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -95,6 +96,13 @@ def save_parts(variables: Mapping[str, tf.Variable], checkpoint: str, workers: W
         return None
     path = part_prefix(checkpoint, workers.index, workers.count)
     tf.train.Checkpoint(parts=dict(variables)).write(path)
+    if workers.index == 0:  # a step saved again on another count (`--force`) replaces the old
+        head, tail = os.path.split(checkpoint)
+        for old in tf.io.gfile.glob(os.path.join(head, PARTS_DIR, "worker-*-of-*", tail + ".*")):
+            match = _PART.search(os.path.dirname(old))
+            if match and int(match.group(2)) != workers.count:
+                with contextlib.suppress(tf.errors.NotFoundError):  # another worker's race
+                    tf.io.gfile.remove(old)
     return path
 
 
