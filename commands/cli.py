@@ -197,12 +197,29 @@ def train(config_path: str, date: str | None, dates: list[str] | None, force: bo
 @date_option
 @click.option("--output", type=click.Path(dir_okay=False),
               help="Where to write the JSON report (default <model_dir>/eval/dt=D.json).")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Evaluate on this many processes on localhost, each holding its share of "
+                   "the model-parallel tables (ignored if TF_CONFIG is set).")
 @friendly_errors
-def evaluate(config_path: str, date: str, output: str | None) -> None:
-    """Per-task quality and gate diagnostics of the latest checkpoint on one day."""
-    from trainer.evaluate import evaluate_day, format_report
+def evaluate(config_path: str, date: str, output: str | None, workers: int) -> None:
+    """Per-task quality and gate diagnostics of the latest checkpoint on one day.
 
-    click.echo(format_report(evaluate_day(load_config(config_path), date, output)))
+    One process stitches model-parallel tables whole (if they fit its memory); with --workers
+    or TF_CONFIG, every worker scores with its share of them.
+    """
+    from trainer.evaluate import evaluate_day, format_report
+    from trainer.launch import run_local_workers
+    from trainer.strategy import make_strategy
+
+    if workers > 1 and not os.environ.get("TF_CONFIG"):
+        argv = ["-m", "commands.cli", "evaluate", "--config", config_path, "--date", date]
+        status = run_local_workers(argv + (["--output", output] if output else []), workers)
+        if status:
+            raise click.ClickException(f"an evaluation worker failed with exit code {status}")
+        return
+    report = evaluate_day(load_config(config_path), date, output, make_strategy())
+    if report is not None:
+        click.echo(format_report(report))
 
 
 @main.command("export")

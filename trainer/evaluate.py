@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from multitower.cluster import task_info
 from multitower.config import Config
 from multitower.manifest import check_partition, partition_files, read_manifest
 from trainer.data import make_dataset
@@ -28,6 +29,7 @@ from trainer.embeddings import (
 )
 from trainer.incremental import TrainingError
 from trainer.losses import invert_output
+from trainer.memory import stitched_tables_fit
 from trainer.metrics import auc, calibration, logloss, mae, rmse
 from trainer.model_dir import ModelDir
 from trainer.network import GATE_PREFIX, Normalization, build_network
@@ -78,8 +80,14 @@ def gate_summary(gates: dict[str, np.ndarray]) -> dict[str, dict]:
     return summary
 
 
-def evaluate_model(config: Config, network: keras.Model, date: str, checkpoint: str) -> dict:
-    """Scores the day's TFRecords with `network` (outside any distribution strategy)."""
+def evaluate_model(config: Config, network: keras.Model, date: str, checkpoint: str,
+                   strategy: tf.distribute.Strategy | None = None) -> dict:
+    """Scores the day's TFRecords with `network`.
+
+    With `strategy` (a cluster whose workers hold parts of model-parallel tables), every worker
+    scores every batch inside `strategy.run`, so that every lookup has every owner; each gets
+    the same scores.
+    """
     manifest = read_manifest(config.data.tfrecords, date)
     files = partition_files(config.data.tfrecords, date, manifest)
     dataset = make_dataset(files, config.data, config.train.batch_size, repeat=False,
@@ -88,8 +96,14 @@ def evaluate_model(config: Config, network: keras.Model, date: str, checkpoint: 
     labels: dict[str, list[np.ndarray]] = {}
     # One traced graph for every batch (a last, smaller batch traces once more), rather than
     # every layer run op by op in eager mode; AutoGraph off as in `build_network`.
-    score = tf.function(lambda features: network(features, training=False), autograph=False,
-                        reduce_retracing=True)
+    if strategy is not None and strategy.num_replicas_in_sync > 1:
+        def forward(features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+            scored = strategy.run(lambda x: network(x, training=False), args=(features,))
+            return {k: strategy.experimental_local_results(v)[0] for k, v in scored.items()}
+    else:
+        def forward(features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+            return network(features, training=False)
+    score = tf.function(forward, autograph=False, reduce_retracing=True)
     for features, batch_labels in dataset:
         for name, value in score(features).items():
             outputs.setdefault(name, []).append(value.numpy())
@@ -129,10 +143,38 @@ def restore_network(config: Config, normalization: Normalization, checkpoint: st
     return network
 
 
-def evaluate_day(config: Config, date: str, output: str | None = None) -> dict:
+def restore_on_cluster(config: Config, normalization: Normalization, checkpoint: str,
+                       strategy: tf.distribute.Strategy) -> keras.Model:
+    """The network of `checkpoint` under `strategy`, each worker with its share of the tables.
+
+    Model-parallel tables are re-partitioned from the parts if another count wrote them;
+    everything else is mirrored.
+    """
+    with strategy.scope():
+        network = build_network(config, normalization)
+    restore_checkpoint(tf.train.Checkpoint(network=network), checkpoint)
+    restore_parts(model_parallel_variables(network), checkpoint, split_of(network),
+                  table_rows(network))
+    return network
+
+
+def evaluate_day(config: Config, date: str, output: str | None = None,
+                 strategy: tf.distribute.Strategy | None = None) -> dict | None:
     """Scores the day with the latest checkpoint and writes the report as JSON.
 
+    One process (no cluster) scores with every model-parallel table stitched whole from the
+    workers' parts, when that fits this machine's memory, and refuses otherwise, naming the
+    figures. On a cluster (`strategy` with several workers: `multitower evaluate --workers N`
+    or `TF_CONFIG`), every worker holds its share of the tables and scores every batch with the
+    others; the chief writes the report.
+
     The report goes to `output`, or `<model_dir>/eval/dt=<date>.json`.
+
+    Returns:
+        The report (None on a worker that is not the chief).
+
+    Raises:
+        TrainingError: No trained model, or tables too large to stitch here.
     """
     # A missing or damaged day fails before any model work, naming the file.
     check_partition(config.data.tfrecords, date)
@@ -141,8 +183,20 @@ def evaluate_day(config: Config, date: str, output: str | None = None) -> dict:
     latest = tf.train.latest_checkpoint(model_dir.checkpoints)
     if state is None or latest is None:
         raise TrainingError(f"{config.train.model_dir} holds no trained model; train a day first")
-    network = restore_network(config, state.normalization, latest)
-    report = evaluate_model(config, network, date, latest)
+    cluster = strategy is not None and strategy.num_replicas_in_sync > 1
+    if cluster:
+        network = restore_on_cluster(config, state.normalization, latest, strategy)
+    else:
+        fits, figures = stitched_tables_fit(config)
+        if not fits:
+            raise TrainingError(
+                f"the model-parallel tables of {latest} do not fit this machine whole ("
+                f"{figures}); evaluate on the cluster, each worker with its share: multitower "
+                f"evaluate --workers N (or with TF_CONFIG naming the workers)")
+        network = restore_network(config, state.normalization, latest)
+    report = evaluate_model(config, network, date, latest, strategy if cluster else None)
+    if cluster and not task_info().is_chief:
+        return None
     report["trained_through"] = state.last_date
     path = output or model_dir.eval_report(date)
     tf.io.gfile.makedirs(os.path.dirname(path))

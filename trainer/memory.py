@@ -112,3 +112,21 @@ def check_memory(config: Config, workers: int = 1) -> list[TableEstimate]:
         f"largest: {largest}. Lower hash_buckets or embedding_dim there, or place the table "
         f"model_parallel (model.embeddings.tables.<table>.placement) on several workers"
         + ("" if budget else ", or set train.memory_budget_bytes if the estimate is wrong"))
+
+
+def stitched_table_bytes(config: Config) -> int:
+    """Memory one process needs to hold every model-parallel table whole (rows only).
+
+    Twice the rows: the array stitched from the parts and the variable it is copied into.
+    """
+    found = {f.table: f.hash_buckets * f.embedding_dim for f in config.data.categorical
+             if config.model.embeddings.placement_of(f.table) == "model_parallel"}
+    return 2 * _BYTES_PER_VALUE * sum(found.values())
+
+
+def stitched_tables_fit(config: Config) -> tuple[bool, str]:
+    """Whether this machine can hold the model-parallel tables whole, and the figures why."""
+    need = stitched_table_bytes(config)
+    budget = config.train.memory_budget_bytes
+    limit, source = (budget, "train.memory_budget_bytes") if budget else available_memory()
+    return need <= limit, f"{_gib(need)} needed, {_gib(limit)} from {source}"

@@ -264,3 +264,32 @@ def test_a_step_saved_again_on_another_count_replaces_the_old_parts(tmp_path):
     back = local_variable(tf.zeros((5, 2)), "back", trainable=False)
     restore_parts({"t": back}, checkpoint, Workers(1, 0), {"t": 5})
     np.testing.assert_array_equal(back.numpy()[:, 0], np.arange(5.0))
+
+
+def test_evaluate_on_two_workers_scores_as_the_stitched_table_on_one(day1, tmp_path):
+    reports = {}
+    for workers in (1, 2):
+        out = tmp_path / f"eval-{workers}.json"
+        done = subprocess.run(
+            [sys.executable, "-m", "commands.cli", "evaluate", "--config",
+             str(day1["config_path"]), "--date", DAYS[1], "--output", str(out),
+             "--workers", str(workers)],
+            capture_output=True, text=True, cwd=REPO, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        reports[workers] = json.loads(out.read_text())
+    one, two = reports[1], reports[2]
+    assert one["rows"] == two["rows"] > 0 and one["checkpoint"] == two["checkpoint"]
+    for task, values in one["tasks"].items():
+        for metric, value in values.items():
+            assert two["tasks"][task][metric] == pytest.approx(value, abs=1e-6), (task, metric)
+
+
+def test_one_process_refuses_tables_too_large_to_stitch_and_names_the_cluster_path(day1):
+    from trainer.evaluate import evaluate_day
+    from trainer.incremental import TrainingError
+
+    train = day1["config"].train.model_copy(update={"memory_budget_bytes": 1000})
+    config = day1["config"].model_copy(update={"train": train})
+    with pytest.raises(TrainingError, match="do not fit this machine whole .* needed, 0.0 GiB "
+                       "from train.memory_budget_bytes.*multitower evaluate --workers N"):
+        evaluate_day(config, DAYS[1])
