@@ -133,14 +133,22 @@ def restore_network(config: Config, normalization: Normalization, checkpoint: st
                     ) -> keras.Model:
     """The network of `checkpoint`, built outside any strategy (no collectives to read it)."""
     network = build_network(config, normalization)
-    # weights only; a table saved under the other placement is converted here
+    _restore_weights(network, checkpoint)  # model-parallel tables whole, stitched
+    return network
+
+
+def _restore_weights(network: keras.Model, checkpoint: str) -> None:
+    """The network's weights only (no optimizer): model-parallel rows from the parts.
+
+    A table saved under the other placement is converted by `restore_checkpoint`; the other
+    model-parallel tables take this process's share of the parts (the whole table outside a
+    cluster), rows only.
+    """
     moved = {r.layer for r in restore_checkpoint(tf.train.Checkpoint(network=network),
                                                  checkpoint) if r.placement_changed}
-    # model-parallel tables whole, stitched from every worker's part (rows only)
     parts = model_parallel_variables(network)
     restore_parts({k: v for k, v in parts.items() if k not in moved}, checkpoint,
                   split_of(network), table_rows(network))
-    return network
 
 
 def restore_on_cluster(config: Config, normalization: Normalization, checkpoint: str,
@@ -152,9 +160,7 @@ def restore_on_cluster(config: Config, normalization: Normalization, checkpoint:
     """
     with strategy.scope():
         network = build_network(config, normalization)
-    restore_checkpoint(tf.train.Checkpoint(network=network), checkpoint)
-    restore_parts(model_parallel_variables(network), checkpoint, split_of(network),
-                  table_rows(network))
+    _restore_weights(network, checkpoint)
     return network
 
 

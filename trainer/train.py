@@ -38,7 +38,7 @@ from trainer.embeddings import (
     stitched_weights,
     table_rows,
 )
-from trainer.evaluate import evaluate_model, restore_network
+from trainer.evaluate import evaluate_model, restore_network, restore_on_cluster
 from trainer.export import ExportRejectedError, export_saved_model
 from trainer.history import append_history, numeric_drift
 from trainer.incremental import StartPoint, TrainingError, plan_day
@@ -128,9 +128,15 @@ def _train_day(config: Config, date: str, strategy: tf.distribute.Strategy, forc
     check_memory(config, task_info().num_workers)  # every worker: replicated tables whole
     day = plan_training(config, date, force=force, allow_gap=allow_gap)
     phases.lap("plan")
-    if day.info.is_chief and day.start.checkpoint and not day.resume:
-        _progressive_validation(config, day)
-        phases.lap("validation")
+    if day.start.checkpoint and not day.resume:
+        # Model-parallel tables split over a cluster: every worker scores with its share (the
+        # whole table need not fit the chief); otherwise the chief alone, with whole tables.
+        if strategy.num_replicas_in_sync > 1 and has_model_parallel_tables(config):
+            _progressive_validation(config, day, strategy)
+            phases.lap("validation")
+        elif day.info.is_chief:
+            _progressive_validation(config, day)
+            phases.lap("validation")
     model, checkpoint = _build_and_restore(config, day, strategy)
     phases.lap("build")
     first_step = int(model.optimizer.iterations.numpy())
@@ -204,10 +210,26 @@ def _normalization(manifest: dict) -> Normalization:
             for name, s in manifest["numeric"].items()}
 
 
-def _progressive_validation(config: Config, day: DayPlan) -> None:
-    """Scores the model as it stands on the day it is about to train on (chief only)."""
-    network = restore_network(config, day.normalization, day.start.checkpoint)
-    report = evaluate_model(config, network, day.date, day.start.checkpoint)
+def has_model_parallel_tables(config: Config) -> bool:
+    """Whether any embedding table of `config` is placed model_parallel."""
+    return any(config.model.embeddings.placement_of(f.table) == "model_parallel"
+               for f in config.data.categorical)
+
+
+def _progressive_validation(config: Config, day: DayPlan,
+                            strategy: tf.distribute.Strategy | None = None) -> None:
+    """Scores the model as it stands on the day it is about to train on.
+
+    The chief alone, or with `strategy` every worker with its share of the model-parallel
+    tables (the chief records the result).
+    """
+    if strategy is None:
+        network = restore_network(config, day.normalization, day.start.checkpoint)
+    else:
+        network = restore_on_cluster(config, day.normalization, day.start.checkpoint, strategy)
+    report = evaluate_model(config, network, day.date, day.start.checkpoint, strategy)
+    if not day.info.is_chief:
+        return
     record = {
         "date": day.date, "kind": "progressive_validation",
         "global_step": day.state.global_step, "trained_through": day.state.last_date,

@@ -228,3 +228,9 @@ def test_a_replicated_table_becomes_model_parallel_on_the_next_day(two_days, sma
     state = json.loads((tmp_path / "model" / "state.json").read_text())
     assert state["days"][-1]["tables"] == {"embed_fused_d16_model_parallel": {
         "placement": "model_parallel", "workers": 2, "exchange": "all_to_all"}}
+    # progressive validation ran on both workers, each with its share, before training
+    history = [json.loads(line) for line in
+               (tmp_path / "model" / "metrics_history.jsonl").read_text().splitlines()]
+    checked = [r for r in history if r["kind"] == "progressive_validation"
+               and r["date"] == DAYS[1]]
+    assert len(checked) == 1 and 0.0 < checked[0]["tasks"]["click"]["auc"] < 1.0
