@@ -21,21 +21,111 @@ batch 512, MultiWorkerMirroredStrategy on localhost). One table size, two placem
    the table and of each slot every worker holds (from the variables' shapes) and the memory
    saved per worker.
 
-The export is not run here: a model-parallel table is exported by the trainer's own path
-(`multitower export`, or the chief at the end of a day), which stitches the rows from the
-per-worker checkpoints into a plain SavedModel with no cluster; its tests cover it. Figures
-are printed, never asserted. The defaults (1e7 rows: a 640 MB table and, with Adagrad, a
-640 MB slot) run in about two minutes on 2 cores and need about 4.5 GB at the peak.
+4. Export with no cluster: after the model-parallel run, every worker has saved its part of
+   the table (`trainer.embeddings.per_worker`) and the chief the dense weights and the scores
+   the distributed model gave a probe batch. A fresh process with no strategy and no budget
+   (the export needs the whole table's rows, as a serving machine does) stitches the table
+   from the parts into the same network, saves it as a SavedModel; another fresh process loads
+   it and scores the probe batch: printed, the largest difference from the distributed
+   model's scores and the exporting process's peak memory. (The trainer's own export path,
+   `multitower export` or the chief at the end of a day, does the same stitching; its tests
+   cover it.)
+
+Figures are printed, never asserted. The defaults (1e7 rows: a 640 MB table and, with Adagrad,
+a 640 MB slot) run in about two minutes on 2 cores and need about 4.5 GB at the peak.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import embedding_step_time as bench  # this folder: the script's own directory is on sys.path
+
+# The ids a model-parallel run scores once trained, and its export scores again.
+PROBE_IDS = [i * 1_000_003 % (1 << 40) for i in range(64)]
+
+
+def save_trained(folder: str, strategy: object, model: object, embedding: object,
+                 worker: int) -> None:
+    """In a worker: its part of the table, and (chief) the dense weights and probe scores."""
+    import numpy as np
+    import tensorflow as tf
+
+    from trainer.embeddings import model_parallel_variables
+    from trainer.embeddings.per_worker import save_parts
+
+    @tf.function(autograph=False)
+    def score(ids: tf.Tensor) -> object:
+        return strategy.run(lambda x: model(x, training=False), args=(ids,))
+
+    scores = strategy.experimental_local_results(score(tf.constant(PROBE_IDS, tf.int64)))[0]
+    save_parts(model_parallel_variables(model, model.optimizer.tables),
+               os.path.join(folder, "ckpt-1"), embedding.workers)
+    if worker == 0:
+        rest = [v.numpy() for v in model.weights if v is not embedding.shards[0]]
+        np.savez(os.path.join(folder, "dense.npz"), scores=scores.numpy()[:, 0],
+                 **{f"w{i}": w for i, w in enumerate(rest)})
+
+
+def _export(folder: str, rows: int) -> None:
+    """A fresh process: the network with the table stitched whole, saved as a SavedModel."""
+    import multitower  # noqa: F401, I001  (TF_USE_LEGACY_KERAS before TensorFlow)
+    import numpy as np
+    import tensorflow as tf
+    import tf_keras as keras
+
+    from trainer.embeddings import PartitionedEmbedding, restore_parts
+    from trainer.embeddings.model_parallel import Workers
+
+    raw = keras.Input(shape=(), dtype=tf.int64, name="item")
+    table = PartitionedEmbedding(rows, bench.DIM, placement="model_parallel", name="table")
+    hidden = keras.layers.Dense(bench.HIDDEN, activation="relu")(table(raw))
+    network = keras.Model(raw, keras.layers.Dense(1, activation="sigmoid")(hidden))
+    restore_parts({"table": table.shards[0]}, os.path.join(folder, "ckpt-1"), Workers(1, 0),
+                  {"table": rows})
+    saved = np.load(os.path.join(folder, "dense.npz"))
+    rest = [v for v in network.weights if v is not table.shards[0]]
+    for i, variable in enumerate(rest):
+        variable.assign(saved[f"w{i}"])
+    module = tf.Module()
+    module.variables_ = list(network.weights)  # the stitched table included
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.int64, name="item")])
+    def serve(item: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"score": network(item, training=False)[:, 0]}
+
+    module.serve = serve
+    tf.saved_model.save(module, os.path.join(folder, "export"),
+                        signatures={"serving_default": serve})
+    print(json.dumps({"peak_rss_mb": bench._peak_rss_mb()}))  # noqa: SLF001
+
+
+def _score(folder: str) -> None:
+    """A fresh process: the SavedModel loaded with no strategy, scoring the probe ids."""
+    import multitower  # noqa: F401, I001
+    import numpy as np
+    import tensorflow as tf
+
+    served = tf.saved_model.load(os.path.join(folder, "export")).signatures["serving_default"]
+    scores = served(item=tf.constant(PROBE_IDS, tf.int64))["score"].numpy()
+    want = np.load(os.path.join(folder, "dense.npz"))["scores"]
+    print(json.dumps({"max_abs_diff": float(np.abs(scores - want).max()), "rows": len(scores)}))
+
+
+def _fresh(mode: str, folder: str, rows: int) -> dict:
+    done = subprocess.run([sys.executable, __file__, mode, folder, "--rows", str(rows)],
+                          capture_output=True, text=True, env={**os.environ, "TF_CONFIG": "",
+                                                               "PYTHONPATH": bench.REPO})
+    if done.returncode:
+        return {"error": done.stderr.strip().splitlines()[-1:]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _peaks(result: dict) -> str:
@@ -49,8 +139,12 @@ def _measure(variants: list[str], args: argparse.Namespace, folder: str,
         print(f"  {bench.names(args.optimizer)[variant]} ...", flush=True)
         sub = Path(folder, f"{variant}-{budget_mb or 'free'}")
         sub.mkdir()
+        save = str(sub / "saved") if budget_mb and variant in bench.MODEL_PARALLEL else None
+        if save:
+            os.makedirs(save)
         results[variant] = bench._run(variant, [args.rows], args, str(sub),  # noqa: SLF001
-                                      budget_mb=budget_mb)[args.rows]
+                                      budget_mb=budget_mb, save_dir=save)[args.rows]
+        results[variant]["saved"] = save
     return results
 
 
@@ -71,7 +165,12 @@ def _describe(variant: str, result: dict, budget_mb: float, rows: int) -> str:
 
 
 def main() -> None:
-    """Measures both placements, sets the budget between them, and runs both under it."""
+    """Measures both placements, sets the budget between them, runs both under it, exports."""
+    if len(sys.argv) > 2 and sys.argv[1] in ("export", "score"):  # the fresh processes
+        mode, folder = sys.argv[1], sys.argv[2]
+        rows = int(float(sys.argv[sys.argv.index("--rows") + 1]))
+        _export(folder, rows) if mode == "export" else _score(folder)
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=float, default=1e7)
     parser.add_argument("--steps", type=int, default=20)
@@ -122,6 +221,11 @@ def main() -> None:
             print(f"2. budget per worker: {budget:,.0f} MB peak RSS (--budget-mb)")
         print("3. run both under the budget (a worker past it is ended at once):", flush=True)
         enforced = _measure(variants, args, folder, budget)
+        saved = enforced[model_parallel].get("saved")
+        exported = scored = {}
+        if saved and "peaks" in enforced[model_parallel]:
+            exported = _fresh("export", saved, args.rows)
+            scored = _fresh("score", saved, args.rows) if "error" not in exported else {}
     for variant in variants:
         print(f"   {variant:<25} {_describe(variant, enforced[variant], budget, args.rows)}")
     free = measured.get("partitioned", {})
@@ -131,8 +235,13 @@ def main() -> None:
         print("   resident memory saved per worker by model_parallel: "
               + " / ".join(f"{s:,.0f}" for s in saved) + " MB (replicated peak of step 1 "
               "minus model-parallel peak of step 3)")
-    print("   export: not run here; `multitower export` (or the chief at the end of a day) "
-          "stitches a model-parallel table from the per-worker checkpoints with no cluster")
+    if "max_abs_diff" in scored:
+        print(f"4. export with no cluster: the table stitched from the {args.workers} parts in "
+              f"a fresh process (peak {exported['peak_rss_mb']:,.0f} MB), saved as a "
+              f"SavedModel; loaded fresh, it scores {scored['rows']} probe ids within "
+              f"{scored['max_abs_diff']:.1e} of the distributed model")
+    else:
+        print(f"4. export: not done ({exported or scored or 'the model-parallel run failed'})")
     print(f"({time.perf_counter() - started:.0f} s)")
 
 

@@ -230,6 +230,10 @@ def _worker(args: argparse.Namespace) -> None:
                      "ids_shape": model.ids_shape, "steps": len(clock.losses),
                      "loss": [clock.losses[0], clock.losses[-1]],
                      "peak_rss_mb": _peak_rss_mb()})
+        if args.save_dir and args.variant in MODEL_PARALLEL:  # for embedding_budget.py
+            from embedding_budget import save_trained  # this script's own folder
+
+            save_trained(args.save_dir, strategy, model, embedding, worker)
         del model, embedding, raw, hidden, clock
         keras.backend.clear_session()
         gc.collect()
@@ -246,7 +250,7 @@ def _need_bytes(variant: str, rows: int, args: argparse.Namespace) -> float:
 
 
 def _run(variant: str, sizes: list[int], args: argparse.Namespace, folder: str,
-         budget_mb: float | None = None) -> dict:
+         budget_mb: float | None = None, save_dir: str | None = None) -> dict:
     """One cluster for one variant: {rows: result, or why there is none}.
 
     A result is the chief's record (`ms`, ...) with `peaks` (every worker's peak RSS, MB) and
@@ -274,6 +278,8 @@ def _run(variant: str, sizes: list[int], args: argparse.Namespace, folder: str,
         argv += ["--num-shards", str(args.num_shards)]
     if budget_mb:
         argv += ["--budget-mb", str(budget_mb)]
+    if save_dir:
+        argv += ["--save-dir", save_dir]
     status = run_local_workers(argv, args.workers, extra_env={"PYTHONPATH": REPO})
     records: dict[int, list[dict]] = {}
     for worker in range(args.workers):
@@ -433,6 +439,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--budget-mb", type=float, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--save-dir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         _worker(args)
