@@ -101,6 +101,20 @@ def barrier(strategy: tf.distribute.Strategy) -> None:
             tf.distribute.ReduceOp.SUM, strategy.run(tf.ones, ([],)), axis=None))()
 
 
+def chief_says(strategy: tf.distribute.Strategy, answer: bool, is_chief: bool) -> bool:
+    """The chief's `answer`, on every worker (a one-number all-reduce; others' answers unused).
+
+    For a choice every worker must make alike (which collectives follow) from something only
+    one machine can judge, such as its own memory.
+    """
+    if strategy.num_replicas_in_sync == 1:
+        return answer
+    value = 1.0 if answer and is_chief else 0.0
+    total = tf.function(lambda: strategy.reduce(
+        tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(value)), axis=None))()
+    return bool(total.numpy() > 0)
+
+
 def read_weights(network: keras.Model) -> list[np.ndarray]:
     """The network's weights as arrays; every worker calls it, whoever uses the result."""
     return network.get_weights()

@@ -27,7 +27,13 @@ from multitower.manifest import (
     schema_mismatch,
 )
 from trainer.backup import MidDayBackup, latest_backup, remove_backups
-from trainer.collectives import CollectiveSaver, barrier, create_save_counter, read_weights
+from trainer.collectives import (
+    CollectiveSaver,
+    barrier,
+    chief_says,
+    create_save_counter,
+    read_weights,
+)
 from trainer.data import make_dataset
 from trainer.embeddings import (
     model_parallel_variables,
@@ -42,7 +48,7 @@ from trainer.evaluate import evaluate_model, restore_network, restore_on_cluster
 from trainer.export import ExportRejectedError, export_saved_model
 from trainer.history import append_history, numeric_drift
 from trainer.incremental import StartPoint, TrainingError, plan_day
-from trainer.memory import check_memory
+from trainer.memory import check_memory, stitched_tables_fit
 from trainer.model_dir import CHECKPOINTS_KEPT, ModelDir
 from trainer.network import Normalization, build_network
 from trainer.phases import DayPhases
@@ -129,9 +135,12 @@ def _train_day(config: Config, date: str, strategy: tf.distribute.Strategy, forc
     day = plan_training(config, date, force=force, allow_gap=allow_gap)
     phases.lap("plan")
     if day.start.checkpoint and not day.resume:
-        # Model-parallel tables split over a cluster: every worker scores with its share (the
-        # whole table need not fit the chief); otherwise the chief alone, with whole tables.
-        if strategy.num_replicas_in_sync > 1 and has_model_parallel_tables(config):
+        # The chief alone, with model-parallel tables stitched whole, when they fit its memory;
+        # otherwise every worker with its share of them (the chief's answer, for every worker).
+        on_cluster = (strategy.num_replicas_in_sync > 1 and has_model_parallel_tables(config)
+                      and not chief_says(strategy, stitched_tables_fit(config)[0],
+                                         day.info.is_chief))
+        if on_cluster:
             _progressive_validation(config, day, strategy)
             phases.lap("validation")
         elif day.info.is_chief:
@@ -239,7 +248,9 @@ def _progressive_validation(config: Config, day: DayPlan,
     append_history(config.train.model_dir, record)
     shown = ", ".join(f"{task} auc {v['auc']:.4f}" for task, v in report["tasks"].items()
                       if "auc" in v)
-    log.info("progressive validation on %s before training it: %s", day.date, shown or "done")
+    log.info("progressive validation on %s before training it (%s): %s", day.date,
+             "every worker, each with its share of the tables" if strategy is not None
+             else "the chief", shown or "done")
 
 
 def _build_and_restore(config: Config, day: DayPlan, strategy: tf.distribute.Strategy

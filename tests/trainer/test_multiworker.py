@@ -205,12 +205,22 @@ def test_relaunch_on_another_worker_count_restarts_the_day_from_the_last_checkpo
 
 
 def test_a_replicated_table_becomes_model_parallel_on_the_next_day(two_days, small_project,
-                                                                 tmp_path):
+                                                                 tmp_path, capfd):
     """Day 2 on two workers with the id tables placed model_parallel, from day 1's replicated
     checkpoint: each worker takes its rows (w::2) of the saved table and trains on."""
-    config = config_in(small_project, tmp_path, embeddings={
-        "num_shards": 3, "tables": {"user_id": {"placement": "model_parallel"},
-                                    "item_id": {"placement": "model_parallel"}}})
+    embeddings = {"num_shards": 3, "tables": {"user_id": {"placement": "model_parallel"},
+                                              "item_id": {"placement": "model_parallel"}}}
+    from multitower.config import load_config
+    from trainer.memory import stitched_table_bytes, table_estimates
+
+    # A memory budget each worker's share fits, the whole stitched tables do not: progressive
+    # validation then runs on both workers, each with its share.
+    probe = load_config(config_in(small_project, tmp_path, embeddings=embeddings))
+    share = sum(t.bytes for t in table_estimates(probe, workers=2))
+    whole = stitched_table_bytes(probe)
+    assert share < whole
+    config = config_in(small_project, tmp_path, embeddings=embeddings,
+                       train={"memory_budget_bytes": (share + whole) // 2})
     shutil.copytree(two_days["folder"] / "model-after-day1", tmp_path / "model")
     (tmp_path / "day2").mkdir()
     worker = str(Path(__file__).with_name("model_parallel_day_main.py"))
@@ -229,6 +239,8 @@ def test_a_replicated_table_becomes_model_parallel_on_the_next_day(two_days, sma
     assert state["days"][-1]["tables"] == {"embed_fused_d16_model_parallel": {
         "placement": "model_parallel", "workers": 2, "exchange": "all_to_all"}}
     # progressive validation ran on both workers, each with its share, before training
+    assert f"progressive validation on {DAYS[1]} before training it (every worker, each with " \
+        "its share of the tables)" in capfd.readouterr().err
     history = [json.loads(line) for line in
                (tmp_path / "model" / "metrics_history.jsonl").read_text().splitlines()]
     checked = [r for r in history if r["kind"] == "progressive_validation"
