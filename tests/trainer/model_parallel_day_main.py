@@ -12,7 +12,6 @@ environment, worker i dies as in `worker_main.py`.
 
 # ruff: noqa: I001  (multitower must be imported before TensorFlow)
 import json
-import logging
 import os
 import sys
 
@@ -21,24 +20,15 @@ import numpy as np
 import tensorflow as tf
 
 from multitower.cluster import task_info
-from multitower.config import load_config
 from multitower.records import feature_dtype
 from multitower.values import padded
 from trainer.embeddings import model_parallel_variables
-from trainer.strategy import make_strategy
-from trainer.train import train_day
-from tests.trainer.worker_main import CrashWorker
+from tests.trainer.worker_main import train_from_argv
 
 
 def main() -> None:
-    logging.basicConfig(format="%(message)s")
-    logging.getLogger("multitower").setLevel(logging.INFO)
-    config_path, date, out_dir, rows_path = sys.argv[1:5]
-    strategy = make_strategy()
-    config = load_config(config_path)
-    crash = os.environ.get("CRASH_WORKER_AFTER")  # "<worker index>:<steps>"
-    callbacks = [CrashWorker(*map(int, crash.split(":")))] if crash else []
-    result = train_day(config, date, strategy, callbacks=callbacks)
+    out_dir, rows_path = sys.argv[3:5]
+    strategy, config, result = train_from_argv()
     network = result.model.network
     parts = model_parallel_variables(network, result.model.optimizer.tables)
     arrays = {}

@@ -42,15 +42,25 @@ class CrashWorker(keras.callbacks.Callback):
             os._exit(3)  # no cleanup at all, as a killed process
 
 
-def main() -> None:
+def train_from_argv():
+    """`train_day(CONFIG, DATE)` from argv as this worker, crashing it as the environment asks.
+
+    Returns:
+        `(strategy, config, result)`.
+    """
     logging.basicConfig(format="%(message)s")  # the trainer's own lines, on stderr
     logging.getLogger("multitower").setLevel(logging.INFO)
-    config_path, date, out_dir = sys.argv[1:4]
+    config_path, date = sys.argv[1:3]
     strategy = make_strategy()
     config = load_config(config_path)
     crash = os.environ.get("CRASH_WORKER_AFTER")  # "<worker index>:<steps>"
     callbacks = [CrashWorker(*map(int, crash.split(":")))] if crash else []
-    result = train_day(config, date, strategy, callbacks=callbacks)
+    return strategy, config, train_day(config, date, strategy, callbacks=callbacks)
+
+
+def main() -> None:
+    out_dir = sys.argv[3]
+    strategy, config, result = train_from_argv()
     network = result.model.network
     arrays = {f"w{i}": w for i, w in enumerate(network.get_weights())}
     tables = result.model.optimizer.tables  # the one optimizer's row-sparse part
