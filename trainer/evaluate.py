@@ -20,13 +20,7 @@ from multitower.cluster import task_info
 from multitower.config import Config
 from multitower.manifest import check_partition, partition_files, read_manifest
 from trainer.data import make_dataset
-from trainer.embeddings import (
-    model_parallel_variables,
-    restore_checkpoint,
-    restore_parts,
-    split_of,
-    table_rows,
-)
+from trainer.embeddings import restore_with_parts
 from trainer.incremental import TrainingError
 from trainer.losses import invert_output
 from trainer.memory import stitched_tables_fit
@@ -138,17 +132,11 @@ def restore_network(config: Config, normalization: Normalization, checkpoint: st
 
 
 def _restore_weights(network: keras.Model, checkpoint: str) -> None:
-    """The network's weights only (no optimizer): model-parallel rows from the parts.
+    """The network's weights only (no optimizer), model-parallel rows from the parts.
 
-    A table saved under the other placement is converted by `restore_checkpoint`; the other
-    model-parallel tables take this process's share of the parts (the whole table outside a
-    cluster), rows only.
+    This process's share of them: the whole table outside a cluster.
     """
-    moved = {r.layer for r in restore_checkpoint(tf.train.Checkpoint(network=network),
-                                                 checkpoint) if r.placement_changed}
-    parts = model_parallel_variables(network)
-    restore_parts({k: v for k, v in parts.items() if k not in moved}, checkpoint,
-                  split_of(network), table_rows(network))
+    restore_with_parts(tf.train.Checkpoint(network=network), checkpoint, network)
 
 
 def restore_on_cluster(config: Config, normalization: Normalization, checkpoint: str,

@@ -38,11 +38,9 @@ from trainer.data import make_dataset
 from trainer.embeddings import (
     model_parallel_variables,
     placements,
-    restore_checkpoint,
-    restore_parts,
+    restore_with_parts,
     split_of,
     stitched_weights,
-    table_rows,
 )
 from trainer.evaluate import evaluate_model, restore_network, restore_on_cluster
 from trainer.export import ExportRejectedError, export_saved_model
@@ -268,11 +266,7 @@ def _build_and_restore(config: Config, day: DayPlan, strategy: tf.distribute.Str
         # A table saved with another number of shards is re-partitioned; anything else
         # missing from the checkpoint stops here. Model-parallel rows and slots come from every
         # worker's part, re-partitioned when the worker count changed.
-        moved = {r.layer for r in restore_checkpoint(checkpoint, restored)
-                 if r.placement_changed}  # saved replicated: filled from the checkpoint
-        parts = model_parallel_variables(model.network, model.optimizer.tables)
-        restore_parts({k: v for k, v in parts.items() if k.split("__")[0] not in moved},
-                      restored, split_of(model.network), table_rows(model.network))
+        restore_with_parts(checkpoint, restored, model.network, model.optimizer.tables)
     first_step = int(model.optimizer.iterations.numpy())
     log.info(
         "training day %s: %d rows, %d steps of %d on %d worker(s), %s",

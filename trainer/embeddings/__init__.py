@@ -56,6 +56,7 @@ from trainer.embeddings.repartition import (
     PartitionMismatchError,
     Repartition,
     restore_checkpoint,
+    restore_with_parts,
 )
 
 __all__ = [
@@ -66,5 +67,6 @@ __all__ = [
     "Repartition", "RowSparseOptimizer", "TableRows", "all_reduce_tables", "embedding_variables",
     "find_table", "fused_name", "hash_ids", "is_embedding_variable", "local_copy", "locate",
     "make_row_sparse_optimizer", "owner", "resolve_num_shards", "restore_checkpoint",
+    "restore_with_parts",
     "shard_sizes",
 ]

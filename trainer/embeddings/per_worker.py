@@ -47,6 +47,12 @@ def part_prefix(checkpoint: str, index: int, count: int) -> str:
     return os.path.join(head, PARTS_DIR, f"worker-{index}-of-{count}", tail)
 
 
+def model_parallel_layers(network: tf.Module) -> list[PartitionedEmbedding]:
+    """The built model-parallel tables of `network`, in module order."""
+    return [layer for layer in [network, *network.submodules]
+            if isinstance(layer, PartitionedEmbedding) and layer.model_parallel and layer.shards]
+
+
 def model_parallel_variables(network: tf.Module, tables: RowSparseOptimizer | None = None
                              ) -> dict[str, tf.Variable]:
     """This worker's rows of every model-parallel table of `network`, and their slots.
@@ -54,35 +60,30 @@ def model_parallel_variables(network: tf.Module, tables: RowSparseOptimizer | No
     Keys: `<layer>` for the rows, `<layer>__<slot>` for a slot (only with `tables`).
     """
     found: dict[str, tf.Variable] = {}
-    for layer in [network, *network.submodules]:
-        if isinstance(layer, PartitionedEmbedding) and layer.model_parallel and layer.shards:
-            found[layer.name] = layer.shards[0]
-            if tables is not None:
-                for slot, variable in tables.local_slots(layer.name).items():
-                    found[f"{layer.name}__{slot}"] = variable
+    for layer in model_parallel_layers(network):
+        found[layer.name] = layer.shards[0]
+        if tables is not None:
+            for slot, variable in tables.local_slots(layer.name).items():
+                found[f"{layer.name}__{slot}"] = variable
     return found
 
 
 def split_of(network: tf.Module) -> Workers:
     """The split of `network`'s model-parallel tables (`Workers(1, 0)` when it has none)."""
-    for layer in [network, *network.submodules]:
-        if isinstance(layer, PartitionedEmbedding) and layer.model_parallel:
-            return layer.workers
-    return Workers(1, 0)
+    layers = model_parallel_layers(network)
+    return layers[0].workers if layers else Workers(1, 0)
 
 
 def placements(network: tf.Module) -> dict[str, dict]:
     """What a day records of each model-parallel table: its split and the exchange it used."""
     return {layer.name: {"placement": "model_parallel", "workers": layer.workers.count,
                          "exchange": layer.exchange if layer.workers.count > 1 else "none"}
-            for layer in [network, *network.submodules]
-            if isinstance(layer, PartitionedEmbedding) and layer.model_parallel}
+            for layer in model_parallel_layers(network)}
 
 
 def table_rows(network: tf.Module) -> dict[str, int]:
     """Rows of each model-parallel table of `network`, by layer name."""
-    return {layer.name: layer.num_buckets for layer in [network, *network.submodules]
-            if isinstance(layer, PartitionedEmbedding) and layer.model_parallel}
+    return {layer.name: layer.num_buckets for layer in model_parallel_layers(network)}
 
 
 def _key(name: str) -> str:
@@ -163,15 +164,10 @@ def stitched_weights(network: tf.Module, weights: list[np.ndarray], checkpoint: 
     parts = model_parallel_variables(network)
     if not parts:
         return list(weights)
-    readers = _readers(checkpoint, sorted(parts))
-    rows = table_rows(network)
+    whole = stitched_parts(checkpoint, parts, table_rows(network))
     names = {id(v): name for name, v in parts.items()}
-    out = list(weights)
-    for i, variable in enumerate(network.weights):
-        name = names.get(id(variable))
-        if name is not None:
-            out[i] = _rows_for(readers, name, rows[name], Workers(1, 0), variable.shape[1:])
-    return out
+    return [whole[names[id(v)]] if id(v) in names else w
+            for v, w in zip(network.weights, weights, strict=True)]
 
 
 def stitched_parts(checkpoint: str, names: Mapping[str, object], num_buckets: Mapping[str, int]

@@ -26,7 +26,14 @@ from multitower.errors import MultitowerError
 from trainer.embeddings.fused import FusedEmbedding
 from trainer.embeddings.layer import PartitionedEmbedding
 from trainer.embeddings.optimizers import RowSparseOptimizer
-from trainer.embeddings.per_worker import stitched_parts, written_count
+from trainer.embeddings.per_worker import (
+    model_parallel_variables,
+    restore_parts,
+    split_of,
+    stitched_parts,
+    table_rows,
+    written_count,
+)
 
 log = logging.getLogger("multitower.trainer")
 
@@ -54,6 +61,25 @@ class Repartition:
     new_shards: int
     slots: tuple[str, ...]  # row-sparse optimizer slots re-partitioned with it
     placement_changed: bool = False  # saved replicated, now model-parallel, or the other way
+
+
+def restore_with_parts(checkpoint: tf.train.Checkpoint, path: str, network: tf.Module,
+                       tables: RowSparseOptimizer | None = None) -> list[Repartition]:
+    """`restore_checkpoint`, then this process's share of every model-parallel table.
+
+    The rows (and, with `tables`, their slots) come from the workers' parts, re-partitioned if
+    another count wrote them; a table the checkpoint holds under the other placement was
+    already filled by `restore_checkpoint`.
+
+    Returns:
+        What `restore_checkpoint` returns.
+    """
+    done = restore_checkpoint(checkpoint, path)
+    moved = {r.layer for r in done if r.placement_changed}
+    parts = model_parallel_variables(network, tables)
+    restore_parts({k: v for k, v in parts.items() if k.split("__")[0] not in moved}, path,
+                  split_of(network), table_rows(network))
+    return done
 
 
 def other_placement_name(name: str) -> str:
