@@ -200,8 +200,13 @@ def train(config_path: str, date: str | None, dates: list[str] | None, force: bo
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
               help="Evaluate on this many processes on localhost, each holding its share of "
                    "the model-parallel tables (ignored if TF_CONFIG is set).")
+@click.option("--png", "png_dir", type=click.Path(file_okay=False),
+              help="Also draw the report into this local folder: calibration.png (a "
+                   "reliability diagram per binary task) and, for gated backbones, gates.png "
+                   "(mean gate weight per task and expert).")
 @friendly_errors
-def evaluate(config_path: str, date: str, output: str | None, workers: int) -> None:
+def evaluate(config_path: str, date: str, output: str | None, workers: int,
+             png_dir: str | None) -> None:
     """Per-task quality and gate diagnostics of the latest checkpoint on one day.
 
     One process stitches model-parallel tables whole (if they fit its memory); with --workers
@@ -209,17 +214,28 @@ def evaluate(config_path: str, date: str, output: str | None, workers: int) -> N
     """
     from trainer.evaluate import evaluate_day, format_report
     from trainer.launch import run_local_workers
+    from trainer.pictures import draw_report
     from trainer.strategy import make_strategy
 
     if workers > 1 and not os.environ.get("TF_CONFIG"):
         argv = ["-m", "commands.cli", "evaluate", "--config", config_path, "--date", date]
-        status = run_local_workers(argv + (["--output", output] if output else []), workers)
+        argv += ["--output", output] if output else []
+        status = run_local_workers(argv + (["--png", png_dir] if png_dir else []), workers)
         if status:
             raise click.ClickException(f"an evaluation worker failed with exit code {status}")
         return
     report = evaluate_day(load_config(config_path), date, output, make_strategy())
-    if report is not None:
-        click.echo(format_report(report))
+    if report is None:  # a worker other than the chief
+        return
+    click.echo(format_report(report))
+    if png_dir:
+        try:
+            drawn = draw_report(report, png_dir)
+        except OSError as err:
+            raise click.ClickException(f"cannot write the pictures into {png_dir}: "
+                                       f"{err.strerror or err}") from None
+        for path in drawn:
+            click.echo(f"drew {path}")
 
 
 @main.command("export")

@@ -41,14 +41,17 @@ def make_small_project(root: Path) -> dict:
 
 def config_in(
     small_project: dict, folder: Path, train: dict | None = None,
-    tasks: dict[str, dict] | None = None, **model_overrides,
+    tasks: dict[str, dict] | None = None, evaluate: dict | None = None, **model_overrides,
 ) -> Path:
     """A copy of the small project's config that trains into `folder` (data stays shared).
 
-    `train` updates the train section, `tasks` updates tasks by name, the rest the model section.
+    `train` updates the train section, `tasks` updates tasks by name, `evaluate` is the evaluate
+    section, the rest updates the model section.
     """
     raw = yaml.safe_load(Path(small_project["config_path"]).read_text())
     raw["train"].update(train or {})
+    if evaluate is not None:
+        raw["evaluate"] = evaluate
     for task in raw["data"]["tasks"]:
         task.update((tasks or {}).get(task["name"], {}))
     base = Path(small_project["config_path"]).parent

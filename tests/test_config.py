@@ -308,3 +308,25 @@ def test_a_ranking_score_round_trips_through_the_resolved_config(raw, tmp_path):
     path.write_text(config.to_yaml())
     assert load_config(path).serving == config.serving
     assert parse_config({**raw, "serving": {}}).serving.ranking_score is None  # optional
+
+
+def test_evaluate_group_by_names_a_one_value_feature(raw):
+    raw["evaluate"] = {"group_by": "user_id"}
+    assert parse_config(raw, "x.yaml").evaluate.group_by == "user_id"
+    assert parse_config({k: v for k, v in raw.items() if k != "evaluate"}).evaluate.group_by is None
+    raw["evaluate"] = {"group_by": "user"}
+    with pytest.raises(ConfigError, match="evaluate.group_by: 'user' is not a feature"):
+        parse_config(raw, "x.yaml")
+    raw["evaluate"] = {"group_by": "recent_items"}  # a list per row
+    with pytest.raises(ConfigError, match="'recent_items' is not a one-value feature"):
+        parse_config(raw, "x.yaml")
+    raw["evaluate"] = {"calibration_bins": 1}
+    with pytest.raises(ConfigError, match="evaluate.calibration_bins"):
+        parse_config(raw, "x.yaml")
+
+
+def test_epochs_per_day_is_a_positive_count(raw):
+    assert parse_config(raw).train.epochs_per_day == 1
+    raw["train"]["epochs_per_day"] = 0
+    with pytest.raises(ConfigError, match="train.epochs_per_day"):
+        parse_config(raw, "x.yaml")

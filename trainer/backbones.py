@@ -100,6 +100,10 @@ class _Mixture(_Backbone):
         build_sublayer(self.gates, input_shape)
         super().build(input_shape)
 
+    def gate_experts(self) -> dict[str, list[str]]:
+        names = [f"e{i}" for i in range(self.num_experts)]
+        return {gate: names for gate in self._gate_names()}
+
     def _mix(
         self, x: tf.Tensor, training: bool | None, return_gates: bool
     ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:

@@ -1,9 +1,11 @@
 """Evaluate the latest checkpoint on one day: per-task quality and what the gates do.
 
-Per binary task: AUC, log loss and calibration (mean prediction / mean label). Per regression
-task: RMSE and MAE in the label's own unit. With ESMM also pCVR AUC on clicked rows and pCTCVR
-AUC on all rows. Per gate: the mean weight of each expert, and a warning when the gate has
-collapsed (one expert takes nearly all the weight on most examples).
+Per binary task: AUC, log loss, calibration (mean prediction / mean label) and the calibration
+curve; with `evaluate.group_by` also the group AUC (e.g. per user). Per regression task: RMSE and
+MAE in the label's own unit. With ESMM also pCVR AUC on clicked rows and pCTCVR AUC on all rows.
+Per gate: the mean weight of each expert it sees, and a warning when the gate has collapsed (one
+expert takes nearly all the weight on most examples). The metrics are scikit-learn's
+(`trainer.metrics`); `trainer.pictures` draws the report.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from trainer.embeddings import restore_with_parts
 from trainer.incremental import TrainingError
 from trainer.losses import invert_output
 from trainer.memory import stitched_tables_fit
-from trainer.metrics import auc, calibration, logloss, mae, rmse
+from trainer.metrics import auc, calibration, calibration_curve, group_auc, logloss, mae, rmse
 from trainer.model_dir import ModelDir
 from trainer.network import GATE_PREFIX, Normalization, build_network
 from trainer.state import load_state
@@ -34,16 +36,28 @@ COLLAPSE_WEIGHT = 0.95  # an expert this dominant on an example...
 COLLAPSE_SHARE = 0.8  # ...on this share of the examples means the gate has collapsed
 
 
-def _task_metrics(config: Config, outputs: dict[str, np.ndarray], labels: dict[str, np.ndarray]
-                  ) -> dict[str, dict]:
+def _binary_metrics(config: Config, y: np.ndarray, p: np.ndarray, groups: np.ndarray | None
+                    ) -> dict:
+    found = {"auc": auc(y, p), "logloss": logloss(y, p), "calibration": calibration(y, p),
+             "rows": int(len(y))}
+    if groups is not None:
+        by_group = group_auc(y, p, groups)
+        found["group_auc"] = by_group.pop("gauc")
+        found["group_auc_counted"] = by_group  # groups of both classes, of all; their rows
+    found["calibration_curve"] = calibration_curve(y, p, config.evaluate.calibration_bins)
+    return found
+
+
+def _task_metrics(config: Config, outputs: dict[str, np.ndarray], labels: dict[str, np.ndarray],
+                  groups: np.ndarray | None = None) -> dict[str, dict]:
     found: dict[str, dict] = {}
     for task in config.data.tasks:
         y, p = labels[task.name], outputs[task.name]
         present = ~np.isnan(y)
         y, p = y[present], p[present]
         if task.type == "binary":
-            found[task.name] = {"auc": auc(y, p), "logloss": logloss(y, p),
-                                "calibration": calibration(y, p), "rows": int(present.sum())}
+            found[task.name] = _binary_metrics(
+                config, y, p, None if groups is None else groups[present])
         else:
             p = invert_output(tf.constant(p), task.label_transform).numpy()
             found[task.name] = {"rmse": rmse(y, p), "mae": mae(y, p), "rows": int(present.sum())}
@@ -54,19 +68,24 @@ def _task_metrics(config: Config, outputs: dict[str, np.ndarray], labels: dict[s
         clicked = known & (click == 1)
         found[esmm.cvr_task]["auc_clicked"] = auc(conversion[clicked],
                                                   outputs[esmm.cvr_task][clicked])
-        found[esmm.ctcvr_name] = {
-            "auc": auc(click[known] * conversion[known], outputs[esmm.ctcvr_name][known]),
-            "rows": int(known.sum()),
-        }
+        found[esmm.ctcvr_name] = _binary_metrics(
+            config, click[known] * conversion[known], outputs[esmm.ctcvr_name][known],
+            None if groups is None else groups[known])
     return found
 
 
-def gate_summary(gates: dict[str, np.ndarray]) -> dict[str, dict]:
-    """Mean weight per expert and the collapse verdict of each gate `(examples, experts)`."""
+def gate_summary(gates: dict[str, np.ndarray], experts: dict[str, list[str]] | None = None
+                 ) -> dict[str, dict]:
+    """Mean weight per expert and the collapse verdict of each gate `(examples, experts)`.
+
+    `experts` names each gate's experts (`_Backbone.gate_experts`); by default `e0`, `e1`...
+    """
     summary = {}
     for name, weights in gates.items():
         dominated = float(np.mean(weights.max(axis=1) >= COLLAPSE_WEIGHT))
+        names = (experts or {}).get(name) or [f"e{i}" for i in range(weights.shape[1])]
         summary[name] = {
+            "experts": list(names),
             "mean_weight_per_expert": [round(float(w), 4) for w in weights.mean(axis=0)],
             "share_dominated_by_one_expert": dominated,
             "collapsed": dominated >= COLLAPSE_SHARE,
@@ -88,6 +107,8 @@ def evaluate_model(config: Config, network: keras.Model, date: str, checkpoint: 
                            drop_remainder=False)
     outputs: dict[str, list[np.ndarray]] = {}
     labels: dict[str, list[np.ndarray]] = {}
+    group_by = config.evaluate.group_by
+    groups: list[np.ndarray] = []
     # One traced graph for every batch (a last, smaller batch traces once more), rather than
     # every layer run op by op in eager mode; AutoGraph off as in `build_network`.
     if strategy is not None and strategy.num_replicas_in_sync > 1:
@@ -103,10 +124,14 @@ def evaluate_model(config: Config, network: keras.Model, date: str, checkpoint: 
             outputs.setdefault(name, []).append(value.numpy())
         for name, value in batch_labels.items():
             labels.setdefault(name, []).append(value.numpy()[:, 0])
+        if group_by is not None:
+            groups.append(features[group_by].numpy().reshape(-1))
     joined = {k: np.concatenate(v) for k, v in outputs.items()}
     scores = {k: v[:, 0] for k, v in joined.items() if not k.startswith(GATE_PREFIX)}
+    backbone = next((layer for layer in network.layers if hasattr(layer, "gate_experts")), None)
     gates = gate_summary({k[len(GATE_PREFIX):]: v for k, v in joined.items()
-                          if k.startswith(GATE_PREFIX)})
+                          if k.startswith(GATE_PREFIX)},
+                         backbone.gate_experts() if backbone is not None else None)
     for name, gate in gates.items():
         if gate["collapsed"]:
             log.warning(
@@ -118,7 +143,9 @@ def evaluate_model(config: Config, network: keras.Model, date: str, checkpoint: 
         "date": date,
         "checkpoint": checkpoint,
         "rows": int(len(next(iter(scores.values())))),
-        "tasks": _task_metrics(config, scores, {k: np.concatenate(v) for k, v in labels.items()}),
+        "group_by": group_by,
+        "tasks": _task_metrics(config, scores, {k: np.concatenate(v) for k, v in labels.items()},
+                               np.concatenate(groups) if group_by is not None else None),
         "gates": gates,
     }
 
@@ -204,11 +231,18 @@ def format_report(report: dict) -> str:
     """The evaluation summary as lines for people."""
     lines = [f"evaluation of {report['checkpoint']} on {report['date']} ({report['rows']} rows)"]
     for task, values in report["tasks"].items():
-        shown = "  ".join(f"{k} {v:.4f}" for k, v in values.items() if k != "rows")
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in values.items()
+                          if isinstance(v, float) and k != "group_auc")
+        if "group_auc" in values:
+            counted = values["group_auc_counted"]
+            shown += (f"  group_auc {values['group_auc']:.4f} (by {report['group_by']}: "
+                      f"{counted['groups']} of {counted['groups_total']} groups have both "
+                      f"classes, {counted['rows']} rows)")
         lines.append(f"  {task:<14} {shown}  ({values['rows']} rows)")
     for gate, values in report["gates"].items():
-        weights = " ".join(f"{w:.3f}" for w in values["mean_weight_per_expert"])
+        weights = " ".join(f"{e} {w:.3f}" for e, w in zip(
+            values["experts"], values["mean_weight_per_expert"], strict=True))
         flag = "  COLLAPSED" if values["collapsed"] else ""
-        lines.append(f"  gate {gate:<20} experts [{weights}]{flag}")
+        lines.append(f"  gate {gate:<20} [{weights}]{flag}")
     lines.append(f"  written to {report['path']}")
     return "\n".join(lines)

@@ -356,6 +356,14 @@ class _Backbone(keras.layers.Layer):
         """`{gate name: (batch, experts it sees)}` softmax weights for `x` (eager or traced)."""
         return self(x, training=training, return_gates=True)[1]
 
+    def gate_experts(self) -> dict[str, list[str]]:
+        """`{gate name: the names of the experts it weighs, in its weights' order}` (none here).
+
+        Experts are named `e<i>` within their group: `e0`, `e1`, ... in MoE and MMoE;
+        `<task>/e<i>` and `shared/e<i>` in CGC and PLE, the same names at every level.
+        """
+        return {}
+
     def last_shared_variables(self) -> list[tf.Variable]:
         """The weights of the last layer every task shares (empty where there is none)."""
         raise NotImplementedError

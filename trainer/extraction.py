@@ -85,6 +85,15 @@ class _Extraction(_Backbone):
     def _gate_name(self, level: int, gate: int) -> str:
         return f"level{level}/{(self.task_names + ['shared'])[gate]}"
 
+    def gate_experts(self) -> dict[str, list[str]]:
+        counts = self.task_experts if isinstance(self.task_experts, dict) else dict.fromkeys(
+            self.task_names, self.task_experts)
+        names = [f"{t}/e{i}" for t in self.task_names for i in range(counts[t])]
+        names += [f"shared/e{i}" for i in range(self.shared_experts)]
+        return {self._gate_name(level, g): [names[i] for i in gating.visible_experts(g)]
+                for level, gating in enumerate(self.level_gates)
+                for g in range(gating.num_gates)}
+
     def build(self, input_shape: tf.TensorShape) -> None:
         shape = input_shape
         for experts, gates in zip(self.level_experts, self.level_gates, strict=True):

@@ -51,7 +51,7 @@ def append_history(model_dir: str, record: dict) -> None:
     with writer.as_default(step=int(record["global_step"])):
         for task, values in record.get("tasks", {}).items():
             for metric, value in values.items():
-                if metric != "rows":
+                if metric != "rows" and isinstance(value, float):  # not curves or counts
                     tf.summary.scalar(f"{task}/{metric}", value)
     writer.flush()
 

@@ -207,9 +207,9 @@ def plan_training(config: Config, date: str, force: bool = False, allow_gap: boo
     normalization = start.state.normalization if start.state else _normalization(manifest)
     day_start = start.state.global_step if start.state else 0
     backups = ModelDir(model_dir).backup(date, day_start, info.num_workers)
+    steps = rows // batch * config.train.epochs_per_day
     return DayPlan(date, manifest, partition_files(config.data.tfrecords, date, manifest), rows,
-                   rows // batch, start, normalization, day_start, backups,
-                   latest_backup(backups), info)
+                   steps, start, normalization, day_start, backups, latest_backup(backups), info)
 
 
 def _normalization(manifest: dict) -> Normalization:
@@ -269,8 +269,9 @@ def _build_and_restore(config: Config, day: DayPlan, strategy: tf.distribute.Str
         restore_with_parts(checkpoint, restored, model.network, model.optimizer.tables)
     first_step = int(model.optimizer.iterations.numpy())
     log.info(
-        "training day %s: %d rows, %d steps of %d on %d worker(s), %s",
-        day.date, day.rows, day.steps, config.train.batch_size, day.info.num_workers,
+        "training day %s: %d rows, %d pass(es), %d steps of %d on %d worker(s), %s",
+        day.date, day.rows, config.train.epochs_per_day, day.steps, config.train.batch_size,
+        day.info.num_workers,
         f"resuming from the backup {day.resume} ({first_step - day.day_start} steps done)"
         if day.resume else f"warm start from {restored} (step {first_step})" if restored
         else "new model",
@@ -281,7 +282,7 @@ def _build_and_restore(config: Config, day: DayPlan, strategy: tf.distribute.Str
 def _fit(config: Config, day: DayPlan, model: TrainingModel, checkpoint: tf.train.Checkpoint,
          first_step: int, extra: list[keras.callbacks.Callback]
          ) -> tuple[dict[str, float], ProgressLogger]:
-    """One pass over the day's data, after the steps a resumed backup already trained."""
+    """The day's passes over its data, after the steps a resumed backup already trained."""
     done = first_step - day.day_start
 
     def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:

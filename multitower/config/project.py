@@ -8,6 +8,7 @@ import yaml
 from pydantic import Field, model_validator
 
 from multitower.config.data import DataConfig
+from multitower.config.evaluate import EvaluateConfig
 from multitower.config.fields import Strict
 from multitower.config.k8s import K8sConfig
 from multitower.config.model import ModelConfig
@@ -16,12 +17,16 @@ from multitower.config.train import TrainConfig
 
 
 class Config(Strict):
-    """The whole file: `data`, `model`, `train`, optional `serving`, `k8s`; `source`: where from."""
+    """The whole file: `data`, `model`, `train`; optional `serving`, `evaluate`, `k8s`.
+
+    `source`: the file it was loaded from.
+    """
 
     data: DataConfig
     model: ModelConfig
     train: TrainConfig
     serving: ServingConfig = ServingConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
     k8s: K8sConfig | None = None  # how the steps run on a cluster; None: local only
     source: str | None = Field(default=None, exclude=True)  # the file it was loaded from
 
@@ -65,6 +70,15 @@ class Config(Strict):
         if unknown:
             raise ValueError(f"model.embeddings.tables: {unknown[0]!r} is not an embedding table; "
                              f"the tables are {sorted(tables)}")
+        group_by = self.evaluate.group_by
+        if group_by is not None:
+            feature = next((f for f in self.data.features if f.name == group_by), None)
+            if feature is None or getattr(feature, "multivalent", False):
+                raise ValueError(
+                    f"evaluate.group_by: {group_by!r} is not "
+                    + ("a one-value feature" if feature else "a feature")
+                    + f"; the one-value features are "
+                    f"{[f.name for f in self.data.features if not getattr(f, 'multivalent', 0)]}")
         if self.train.loss_balancing == "gradnorm" and model.backbone == "single_task":
             raise ValueError("train.loss_balancing gradnorm needs a shared layer; single_task "
                              "has none")

@@ -26,6 +26,10 @@ class TrainConfig(Strict):
     embedding_optimizer: Literal["adagrad", "ftrl", "lazy_adam", "sgd"] = "adagrad"
     # Adagrad and FTRL want larger rates than Adam (0.05-0.5); lazy_adam about Adam's.
     embedding_learning_rate: PositiveFloat = 0.1
+    # Passes over each day's rows (steps = rows // batch_size x epochs_per_day), for small daily
+    # files that one pass under-trains. Later passes are shuffled differently; progressive
+    # validation, the day's state and DWA's per-day loss history are unchanged (a day is a day).
+    epochs_per_day: PositiveInt = 1
     shuffle_buffer: Annotated[int, Field(ge=0)] = 10_000
     seed: int = 0
     model_dir: str

@@ -317,3 +317,20 @@ def test_gates_from_a_diagnostic_model_that_shares_the_backbone(kind):
     assert set(got) == set(want)
     for name in want:
         np.testing.assert_allclose(got[name].numpy(), want[name].numpy(), rtol=1e-6)
+
+
+def test_gate_experts_name_every_gates_experts_in_its_weights_order():
+    x = tf.random.normal([5, 7])
+    cgc = CGC(TASKS, 2, {"click": 1, "buy": 2, "watch": 1}, [6, 3], [4])
+    names = cgc.gate_experts()
+    assert names == {"click": ["click/e0", "shared/e0", "shared/e1"],
+                     "buy": ["buy/e0", "buy/e1", "shared/e0", "shared/e1"],
+                     "watch": ["watch/e0", "shared/e0", "shared/e1"]}
+    ple = PLE(TASKS, levels=2, shared_experts=1, task_experts=1, expert_units=[3])
+    for layer in (cgc, ple, MMoE(TASKS, 3, [4]), MoE(TASKS, 3, [4])):
+        gates = layer.gate_outputs(x)
+        assert {g: int(w.shape[1]) for g, w in gates.items()} == {
+            g: len(e) for g, e in layer.gate_experts().items()}
+    assert ple.gate_experts()["level0/shared"] == ["click/e0", "buy/e0", "watch/e0", "shared/e0"]
+    assert MMoE(TASKS, 2, [4]).gate_experts()["buy"] == ["e0", "e1"]
+    assert SharedBottom(TASKS, [4]).gate_experts() == {}

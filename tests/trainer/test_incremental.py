@@ -4,6 +4,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from multitower.dates import date_range
@@ -134,3 +135,36 @@ def test_two_trainings_of_one_model_dir_at_once_one_is_refused_by_the_lease(smal
     assert [(d["date"], d["version"]) for d in state["days"]] == [(DAYS[0], 1)]
     assert sorted(p.name for p in (tmp_path / "export" / "impressions").iterdir()) == ["1"]
     assert not lease.exists()  # released by the run that held it
+
+
+@pytest.mark.integration
+def test_epochs_per_day_runs_the_passes_as_one_day(small_project, tmp_path):
+    from multitower.config import load_config
+    from trainer.history import read_history
+    from trainer.train import train_day
+
+    config = load_config(config_in(small_project, tmp_path, train={
+        "epochs_per_day": 2, "loss_balancing": "dwa", "backup_every_steps": 5},
+        mmoe={"num_experts": 2, "expert_units": [8]}))
+    steps = [m["rows"]["written"] // config.train.batch_size for m in small_project["manifests"]]
+    first = train_day(config, DAYS[0])
+    assert first.steps == 2 * steps[0] and first.global_step == 2 * steps[0]
+    assert first.version == 1
+    # DWA saw one day, not two passes: its history holds one day's losses
+    balancer = first.model.balancer
+    assert float(balancer.epochs_seen.numpy()) == 1.0
+    assert np.all(balancer.loss_history.numpy()[1] == 1.0)  # the day before: none yet
+    second = train_day(config, DAYS[1])
+    assert second.global_step == 2 * (steps[0] + steps[1]) and second.version == 2
+    with pytest.raises(TrainingError, match="already trained"):
+        train_day(config, DAYS[1])
+    state = json.loads((tmp_path / "model" / "state.json").read_text())
+    assert [(d["date"], d["steps"], d["global_step"], d["rows"], d["version"])
+            for d in state["days"]] == [
+        (DAYS[0], 2 * steps[0], 2 * steps[0], small_project["manifests"][0]["rows"]["written"],
+         1),
+        (DAYS[1], 2 * steps[1], 2 * (steps[0] + steps[1]),
+         small_project["manifests"][1]["rows"]["written"], 2)]
+    # one progressive validation per warm-started day, before its first pass
+    assert [(h["date"], h["global_step"]) for h in read_history(str(tmp_path / "model"))] == [
+        (DAYS[1], 2 * steps[0])]
