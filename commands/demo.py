@@ -25,7 +25,7 @@ from pipeline.generate import generate_logs
 from pipeline.preprocess import run_preprocess
 from pipeline.validate import validate_row
 from serving.predict import Predictor, read_rows
-from trainer.metrics import auc, rmse
+from trainer.metrics import auc, group_auc, rmse
 
 log = logging.getLogger("multitower.demo")
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "impressions.yaml"
@@ -51,12 +51,16 @@ def _score_day(config: Config, date: str) -> dict[str, float]:
         for task, values in batch.items():
             scores.setdefault(task, []).append(values)
     metrics = {"rows": float(len(rows)), "version": float(predictor.version)}
+    group_by = config.evaluate.group_by
+    groups = np.array([str(row[group_by]) for _, row in rows]) if group_by else None
     for task in config.data.tasks:
         labels = np.array([row[task.label_column] for _, row in rows], dtype=np.float64)
         predicted = np.concatenate(scores[task.name])
         if task.type == "binary":
             metrics[f"{task.name}_auc"] = auc(labels, predicted)
             metrics[f"{task.name}_rate"] = float(labels.mean())
+            if group_by:
+                metrics[f"{task.name}_group_auc"] = group_auc(labels, predicted, groups)["gauc"]
         else:
             metrics[f"{task.name}_rmse"] = rmse(labels, predicted)
             metrics[f"{task.name}_rmse_of_mean"] = rmse(labels, np.full_like(labels, labels.mean()))
@@ -111,7 +115,10 @@ def run_demo(workdir: str, rows_per_day: int = 60_000, workers: int = 2, seed: i
     print(f"  quality on unseen day {days[2]}:")
     for task in config.data.tasks:
         if task.type == "binary":
-            print(f"    {task.name:<12} AUC  {metrics[f'{task.name}_auc']:.4f}"
+            by_group = (f"   {config.evaluate.group_by} AUC "
+                        f"{metrics[f'{task.name}_group_auc']:.4f}"
+                        if f"{task.name}_group_auc" in metrics else "")
+            print(f"    {task.name:<12} AUC  {metrics[f'{task.name}_auc']:.4f}{by_group}"
                   f"   (positive rate {metrics[f'{task.name}_rate']:.3f})")
         else:
             print(f"    {task.name:<12} RMSE {metrics[f'{task.name}_rmse']:.4f}"

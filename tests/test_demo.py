@@ -24,6 +24,9 @@ def test_demo_runs_every_stage_and_the_model_learns(tmp_path):
     aucs = {m[0]: float(m[1]) for m in re.findall(r"(click|conversion)\s+AUC\s+([0-9.]+)", out)}
     assert set(aucs) == {"click", "conversion"}
     assert aucs["click"] > 0.6, out  # well above chance on the unseen day, even on small data
+    per_user = dict(re.findall(r"(click|conversion)\s+AUC\s+[0-9.]+\s+user_id AUC ([0-9.]+)", out))
+    assert set(per_user) == {"click", "conversion"}  # evaluate.group_by of the example
+    assert all(0.0 < float(v) < 1.0 for v in per_user.values()), out
     assert re.search(r"watch_time\s+RMSE\s+[0-9.]+", out)
 
     work = tmp_path / "work"
