@@ -20,10 +20,16 @@ date), the gzip header carries no timestamp or file name, and the Parquet writer
 fixed. With a missing rate, each of the `MISSABLE` context features is missing from a row with
 that probability (drawn from a generator of its own, so the rest of the day does not change): a
 key left out of the JSON object, an empty CSV cell, a Parquet null. `like` and `recent_items`
-(the last two columns) are drawn from generators of their own too, so every other column holds
-what it held before they existed. A list is a JSON array, a CSV cell of its elements joined by
-`|` (`LIST_DELIMITER`, the default `data.csv.list_delimiter`; a list is never empty, so an
-empty cell still means missing), a Parquet `list<string>` column.
+(the last two columns, but for the truth columns) are drawn from generators of their own too, so
+every other column holds what it held before they existed. A list is a JSON array, a CSV cell
+of its elements joined by `|` (`LIST_DELIMITER`, the default `data.csv.list_delimiter`; a list
+is never empty, so an empty cell still means missing), a Parquet `list<string>` column.
+
+With `truth_columns`, each row also holds the probabilities its labels were drawn from
+(`TRUTH_COLUMNS`): `true_p_click` and `true_p_conversion` (given a click, defined for every
+impression), the sigmoids of `generate_day`'s logits, as float64 written in full (they round-trip
+exactly through JSON, CSV and Parquet). A config that declares no such column ignores them, so
+a benchmark can read the ground truth of a model's scores from the very rows it preprocessed.
 """
 
 from __future__ import annotations
@@ -54,6 +60,8 @@ LOG_FORMATS = ("jsonl", "csv", "parquet")
 MISSABLE = ("user_country", "device", "user_activity")  # the features a row may lack
 LIST_DELIMITER = "|"  # between the elements of a list in a CSV cell
 MAX_RECENT = 20  # the most items a `recent_items` list holds
+# Columns `truth_columns` adds (the last two): the probabilities the labels were drawn from.
+TRUTH_COLUMNS = ("true_p_click", "true_p_conversion")
 _DEVICE_SHARE = np.array([0.35, 0.40, 0.20, 0.05])
 _DEVICE_EFFECT = np.array([0.15, 0.0, -0.2, -0.4])
 _MAX_POSITION = 20
@@ -285,7 +293,8 @@ _PARQUET_SCHEMA = pa.schema(
                                       "item_id", "item_category", "device")]
     + [(name, pa.int64()) for name in ("ts", "hour", "position", "click", "conversion", "like")]
     + [(name, pa.float64()) for name in ("item_price", "user_activity", "watch_time")]
-    + [("recent_items", pa.list_(pa.string()))])
+    + [("recent_items", pa.list_(pa.string()))]
+    + [(name, pa.float64()) for name in TRUTH_COLUMNS])
 
 
 def _jsonl_bytes(rows: list[dict]) -> bytes:
@@ -335,6 +344,14 @@ def write_rows(path: str, rows: list[dict], log_format: str, names: list[str]) -
 _SUFFIXES = {"jsonl": ".jsonl.gz", "csv": ".csv.gz", "parquet": ".parquet"}
 
 
+def _with_truth(table: list[dict], truth: dict[str, np.ndarray]) -> list[dict]:
+    """The rows with `TRUTH_COLUMNS` appended: the sigmoids of the click and conversion logits."""
+    p_click = (1 / (1 + np.exp(-truth["click_logit"]))).tolist()
+    p_conversion = (1 / (1 + np.exp(-truth["conversion_logit"]))).tolist()
+    return [{**row, TRUTH_COLUMNS[0]: click, TRUTH_COLUMNS[1]: conversion}
+            for row, click, conversion in zip(table, p_click, p_conversion, strict=True)]
+
+
 def generate_logs(
     out_dir: str,
     start_date: str,
@@ -346,6 +363,7 @@ def generate_logs(
     click_bias: float = 0.0,
     log_format: str = "jsonl",
     missing_rate: float = 0.0,
+    truth_columns: bool = False,
 ) -> list[str]:
     """Writes `days` days of impression logs starting at `start_date`.
 
@@ -358,13 +376,15 @@ def generate_logs(
         rows_per_day: Impressions per day, split evenly over the day's files.
         seed: Fixes the population and every day's draws; a given date's file bytes depend only
             on (seed, date, rows_per_day, task_correlation, files_per_day, click_bias, format,
-            missing_rate).
+            missing_rate, truth_columns).
         task_correlation: How much conversion and watch time share the click signal, and how
             closely `like` follows click, in [0, 1].
         files_per_day: Number of files per day.
         click_bias: Added to every click logit (negative: a lower click rate).
         log_format: `jsonl`, `csv` or `parquet`: the same rows in each.
         missing_rate: The probability that a row lacks each `MISSABLE` feature, in [0, 1].
+        truth_columns: Also write `TRUTH_COLUMNS`, the true click and conversion probabilities
+            of each row (see the module docstring); the other columns do not change.
 
     Returns:
         The written file paths, in date then part order.
@@ -379,8 +399,10 @@ def generate_logs(
     paths = []
     for offset in range(days):
         date = (first + dt.timedelta(days=offset)).isoformat()
-        table, _ = generate_day(population, date, rows_per_day, seed, task_correlation,
-                                click_bias, missing_rate)
+        table, truth = generate_day(population, date, rows_per_day, seed, task_correlation,
+                                    click_bias, missing_rate)
+        if truth_columns:
+            table = _with_truth(table, truth)
         names = list(table[0])
         day_dir = posixpath.join(out_dir, f"dt={date}")
         tf.io.gfile.makedirs(day_dir)

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from multitower.config import load_config
 from pipeline.generate import (
     LIST_DELIMITER,
     MAX_RECENT,
@@ -18,6 +19,8 @@ from pipeline.generate import (
     generate_day,
     generate_logs,
 )
+from pipeline.validate import LogLine, RowChecker
+from tests.small_project import EXAMPLE
 
 KEYS = {"event_id", "ts", "user_id", "user_segment", "user_country", "item_id", "item_category",
         "device", "hour", "position", "item_price", "user_activity", "click", "conversion",
@@ -202,3 +205,63 @@ def test_lists_in_csv_and_parquet(tmp_path):
     assert table.schema.field("recent_items").type == pa.list_(pa.string())
     assert table.column("recent_items").to_pylist() == [r["recent_items"] for r in rows]
     assert table.column("like").to_pylist() == [r["like"] for r in rows]
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-x))
+
+
+def test_truth_columns_hold_the_probabilities_behind_the_labels(tmp_path):
+    """The truth columns are the sigmoids of `generate_day`'s logits, exactly, in every format;
+    without the option the files are byte for byte those of before."""
+    plain = generate_logs(str(tmp_path / "plain"), "2026-01-30", 1, 400, seed=5,
+                          files_per_day=1, click_bias=-1.5)
+    again = generate_logs(str(tmp_path / "again"), "2026-01-30", 1, 400, seed=5,
+                          files_per_day=1, click_bias=-1.5, truth_columns=False)
+    assert _bytes(plain[0]) == _bytes(again[0])
+    assert set(_read(plain[0])[0]) == KEYS
+    expected, truth = generate_day(Population(5), "2026-01-30", 400, 5, 0.8, click_bias=-1.5)
+    p_click = _sigmoid(truth["click_logit"]).tolist()
+    p_conversion = _sigmoid(truth["conversion_logit"]).tolist()
+
+    [jsonl] = generate_logs(str(tmp_path / "j"), "2026-01-30", 1, 400, seed=5, files_per_day=1,
+                            click_bias=-1.5, truth_columns=True)
+    rows = _read(jsonl)
+    assert [r["true_p_click"] for r in rows] == p_click
+    assert [r["true_p_conversion"] for r in rows] == p_conversion
+    # The other columns are unchanged, and the truth is what the labels were drawn from: the
+    # clicked rows' true click probability is well above the rest's.
+    assert [{k: v for k, v in r.items() if k in KEYS} for r in rows] == _read(plain[0])
+    click = np.array([r["click"] for r in rows], dtype=bool)
+    assert np.mean(np.array(p_click)[click]) > 2 * np.mean(np.array(p_click)[~click])
+    assert len(set(p_conversion)) > 300  # a probability per row, not a constant
+
+    [path] = generate_logs(str(tmp_path / "c"), "2026-01-30", 1, 400, seed=5, files_per_day=1,
+                           click_bias=-1.5, log_format="csv", truth_columns=True)
+    with gzip.open(path, "rt") as f:
+        records = list(csv.DictReader(io.StringIO(f.read())))
+    assert [float(r["true_p_click"]) for r in records] == p_click
+    assert [float(r["true_p_conversion"]) for r in records] == p_conversion
+    [path] = generate_logs(str(tmp_path / "p"), "2026-01-30", 1, 400, seed=5, files_per_day=1,
+                           click_bias=-1.5, log_format="parquet", truth_columns=True)
+    table = pq.read_table(path)
+    assert table.schema.field("true_p_conversion").type == pa.float64()
+    assert table.column("true_p_click").to_pylist() == p_click
+    assert table.column("true_p_conversion").to_pylist() == p_conversion
+    assert len(expected) == len(rows)
+
+
+def test_preprocessing_ignores_the_truth_columns(tmp_path):
+    """A config that declares no truth column checks a row with them as the row without them."""
+    checker = RowChecker(load_config(EXAMPLE).data)
+    [plain] = generate_logs(str(tmp_path / "a"), "2026-01-30", 1, 50, seed=2, files_per_day=1)
+    [truth] = generate_logs(str(tmp_path / "b"), "2026-01-30", 1, 50, seed=2, files_per_day=1,
+                            truth_columns=True)
+    with gzip.open(plain, "rb") as a, gzip.open(truth, "rb") as b:
+        pairs = list(zip(a.read().splitlines(), b.read().splitlines(), strict=True))
+    for n, (without, with_truth) in enumerate(pairs, 1):
+        assert b"true_p_conversion" in with_truth
+        checked = checker.check(LogLine("b", n, with_truth))
+        assert checked.reason is None
+        assert checked == checker.check(LogLine("a", n, without))
+        assert not set(checked.row) & {"true_p_click", "true_p_conversion"}
