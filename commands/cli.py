@@ -73,15 +73,19 @@ def main(verbose: bool) -> None:
 @click.option("--missing-rate", default=0.0, show_default=True, type=click.FloatRange(0.0, 1.0),
               help="Probability that a row lacks each of user_country, device and "
                    "user_activity (give them a default: in the config, or such rows are rejected).")
+@click.option("--truth-columns", is_flag=True,
+              help="Also write each row's true click and conversion probabilities "
+                   "(true_p_click, true_p_conversion), to judge models against the truth.")
 def generate(out: str, start_date: str, days: int, rows_per_day: int, seed: int,
              task_correlation: float, click_bias: float, log_format: str,
-             missing_rate: float) -> None:
+             missing_rate: float, truth_columns: bool) -> None:
     """Write synthetic impression logs: OUT/dt=YYYY-MM-DD/part-*.{jsonl.gz,csv.gz,parquet}."""
     from pipeline.generate import generate_logs
 
     paths = generate_logs(out, start_date, days, rows_per_day, seed=seed,
                           task_correlation=task_correlation, click_bias=click_bias,
-                          log_format=log_format, missing_rate=missing_rate)
+                          log_format=log_format, missing_rate=missing_rate,
+                          truth_columns=truth_columns)
     click.echo(f"wrote {len(paths)} {log_format} files, {days} day(s) x {rows_per_day} rows, "
                f"under {out}")
 

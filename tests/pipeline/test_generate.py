@@ -265,3 +265,25 @@ def test_preprocessing_ignores_the_truth_columns(tmp_path):
         assert checked.reason is None
         assert checked == checker.check(LogLine("a", n, without))
         assert not set(checked.row) & {"true_p_click", "true_p_conversion"}
+
+
+def test_the_generate_command_writes_the_truth_columns_when_asked(tmp_path):
+    from click.testing import CliRunner
+
+    from commands.cli import main
+
+    for flag, folder in (([], "plain"), (["--truth-columns"], "truth")):
+        result = CliRunner().invoke(main, ["generate", "--out", str(tmp_path / folder),
+                                           "--days", "1", "--rows-per-day", "40", *flag])
+        assert result.exit_code == 0, result.output
+    read = {}
+    for folder in ("plain", "truth"):
+        read[folder] = []
+        for path in sorted((tmp_path / folder).glob("dt=*/*.jsonl.gz")):
+            with gzip.open(path, "rt") as lines:
+                read[folder] += [json.loads(line) for line in lines]
+    assert len(read["truth"]) == len(read["plain"]) == 40
+    for plain, truth in zip(read["plain"], read["truth"], strict=True):
+        assert {k: truth[k] for k in plain} == plain
+        assert set(truth) - set(plain) == {"true_p_click", "true_p_conversion"}
+        assert 0.0 < truth["true_p_click"] < 1.0 and 0.0 < truth["true_p_conversion"] < 1.0
