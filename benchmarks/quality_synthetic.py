@@ -28,8 +28,8 @@ copy k has its own backbone and towers and reads its own batch, the objective is
 copies' objectives, so the gradient reaching copy k's weights is exactly that of its own loss and
 its Adam moments are its own; `check_stack` verifies this at start (copy 0 of a stack against the
 same initial weights trained alone on the same batches: identical predictions). Measured on a
-shared 2-core machine (1-minute load ~3.6, other jobs included), the default run took ~22 min:
-the 120 direct runs (4 models x 3 correlations x 10 inits x 9.4k steps) ~17.5 min, half of it
+shared 2-core machine (1-minute load ~4, other jobs included), the default run took 22-24 min:
+the 120 direct runs (4 models x 3 correlations x 10 inits x 9.4k steps) 17.5-19 min, half of it
 PLE's, and the trainer path (`quality_synthetic_trainer.py`: Beam over the 200k training rows,
 4 `train_day`s, 4 x 100k rows scored) ~3.5 min.
 """
