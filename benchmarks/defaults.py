@@ -2,7 +2,9 @@
 
     python benchmarks/defaults.py [--datasets census impressions large] [--dense 0.001 0.01]
                                   [--tables 0.1 0.3] [--batches 512 1024 4096] [--seeds 0]
-                                  [--workdir DIR] [--scale 1.0]
+                                  [--settings DENSE,TABLE,BATCH ...] [--optimizer NAME]
+                                  [--embedding-optimizer NAME] [--workdir DIR] [--keep-runs]
+                                  [--scale 1.0]
 
 Three generated data sets that differ in rows per day, tables, vocabulary and tasks, each
 trained day by day through the real flow (Beam preprocessing once per day, then `train_day`
@@ -30,6 +32,7 @@ import argparse
 import datetime as dt
 import itertools
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -129,8 +132,9 @@ def _impressions(root: Path, scale: float, large: bool) -> Dataset:
 def _config(dataset: Dataset, root: Path, setting: dict, seed: int) -> Config:
     raw = json.loads(json.dumps(dataset.config))
     tag = "-".join(f"{k}={v}" for k, v in setting.items()) or "defaults"
-    raw["train"].update(setting, seed=seed, model_dir=f"{root}/runs/{tag}-s{seed}/model",
-                        export_dir=f"{root}/runs/{tag}-s{seed}/export")
+    run = root / "runs" / f"{tag}-s{seed}"
+    shutil.rmtree(run, ignore_errors=True)  # a workdir used before: train from scratch again
+    raw["train"].update(setting, seed=seed, model_dir=f"{run}/model", export_dir=f"{run}/export")
     path = root / "runs" / f"{tag}-s{seed}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -139,8 +143,14 @@ def _config(dataset: Dataset, root: Path, setting: dict, seed: int) -> Config:
 
 def _settings(args: argparse.Namespace) -> list[dict]:
     grid = [{"learning_rate": d, "embedding_learning_rate": t, "batch_size": b}
-            for d, t, b in itertools.product(args.dense, args.tables, args.batches)]
+            for d, t, b in (args.settings or itertools.product(args.dense, args.tables,
+                                                                 args.batches))]
     return [{}] + grid  # {}: no optimizer setting at all
+
+
+def _setting(text: str) -> tuple[float, float, int]:
+    dense, table, batch = text.split(",")
+    return float(dense), float(table), int(batch)
 
 
 def _scores(report: dict) -> dict[str, float]:
@@ -165,6 +175,8 @@ def run_dataset(dataset: Dataset, root: Path, args: argparse.Namespace) -> list[
             keras.backend.clear_session()
             steps = sum(train_day(config, date, strategy).steps for date in dataset.train_days)
             scores = _scores(evaluate_day(config, dataset.test_day))
+            if not args.keep_runs:  # a large grid's checkpoints would fill the disk (~1 GB each)
+                shutil.rmtree(Path(config.train.model_dir).parent)
             results.append({"setting": setting, "seed": seed, "steps": steps, "scores": scores,
                             "seconds": time.perf_counter() - t, "resolved": {
                                 k: getattr(config.train, k) for k in (*RATE_KEYS, "batch_size")}})
@@ -187,9 +199,11 @@ def report(dataset: Dataset, results: list[dict]) -> None:
         mean = {t: float(np.mean([r["scores"][t] for r in runs])) for t in tasks}
         rows.append((json.loads(key), runs[0]["resolved"], runs[0]["steps"], mean))
     best = {t: (max if t in binary else min)(row[3][t] for row in rows) for t in tasks}
+    train = dataset.config["train"]
     print(f"\n{dataset.name}: {len(dataset.train_days)} days x {dataset.rows_per_day} rows, one "
           f"pass per day, scored on unseen {dataset.test_day}; AUC (binary) / RMSE "
-          f"(regression), mean over seeds")
+          f"(regression), mean over seeds; dense {train.get('optimizer', 'adam')}, tables "
+          f"{train.get('embedding_optimizer', 'adagrad')}")
     header = f"  {'dense lr':>9} {'table lr':>9} {'batch':>6} {'steps':>6}" + "".join(
         f"{t:>12}" for t in tasks)
     print(header)
@@ -218,7 +232,16 @@ def main() -> None:
     parser.add_argument("--tables", type=float, nargs="+", default=[0.03, 0.1, 0.3, 1.0])
     parser.add_argument("--batches", type=int, nargs="+", default=[512, 1024, 4096])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--settings", type=_setting, nargs="+", metavar="DENSE,TABLE,BATCH",
+                        help="these settings instead of the --dense x --tables x --batches grid "
+                        "(e.g. to run a grid's best few again with more seeds)")
+    parser.add_argument("--optimizer", choices=["adam", "adagrad", "sgd"],
+                        help="the dense optimizer of every row (default: the config default)")
+    parser.add_argument("--embedding-optimizer", choices=["adagrad", "ftrl", "lazy_adam", "sgd"],
+                        help="the tables' optimizer of every row (default: the config default)")
     parser.add_argument("--scale", type=float, default=1.0, help="rows per day multiplier")
+    parser.add_argument("--keep-runs", action="store_true",
+                        help="keep every setting's model_dir and exports (deleted once scored)")
     parser.add_argument("--workdir", help="keep the generated files here (default: a temporary "
                         "folder)")
     args = parser.parse_args()
@@ -232,6 +255,9 @@ def main() -> None:
         t = time.perf_counter()
         dataset = (_census(folder, args.scale) if name == "census"
                    else _impressions(folder, args.scale, large=name == "large"))
+        for key in ("optimizer", "embedding_optimizer"):
+            if getattr(args, key):  # the first row then has every rate left to the defaults
+                dataset.config["train"][key] = getattr(args, key)
         progress(f"{name}: generated ({time.perf_counter() - t:.0f} s)")
         report(dataset, run_dataset(dataset, folder, args))
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
