@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from multitower.config.fields import NonNegativeFloat, PositiveFloat, PositiveInt, Strict
+
+# The rate a config gets when it names an optimizer but no rate, per optimizer. The Adam and
+# Adagrad rates come from benchmarks/defaults.py (one pass per day over 10k, 60k and 600k rows a
+# day: within 0.005 AUC of the best of a rate x batch grid on each); the others from its shorter
+# runs with `--optimizer` / `--embedding-optimizer` (README: "Learning rates").
+DENSE_RATES = {"adam": 0.01, "adagrad": 0.1, "sgd": 0.1}
+TABLE_RATES = {"adagrad": 3.0, "ftrl": 3.0, "lazy_adam": 0.01, "sgd": 3.0}
 
 
 class GradNormConfig(Strict):
@@ -21,11 +28,13 @@ class DWAConfig(Strict):
 class TrainConfig(Strict):
     batch_size: PositiveInt = 512  # global batch, split over every replica
     optimizer: Literal["adam", "adagrad", "sgd"] = "adam"  # dense variables
-    learning_rate: PositiveFloat = 0.001
+    learning_rate: PositiveFloat = DENSE_RATES["adam"]  # left out: DENSE_RATES[optimizer]
     # Embedding tables get a row-sparse optimizer: a step touches only the rows of its batch.
     embedding_optimizer: Literal["adagrad", "ftrl", "lazy_adam", "sgd"] = "adagrad"
-    # Adagrad and FTRL want larger rates than Adam (0.05-0.5); lazy_adam about Adam's.
-    embedding_learning_rate: PositiveFloat = 0.1
+    # Left out: TABLE_RATES[embedding_optimizer]. Adagrad, FTRL and SGD want far larger rates
+    # than Adam: a row's gradient is its share of the batch's mean loss, and the accumulators
+    # start at 0.1, so Adagrad's first steps are SGD's at ~3x the rate.
+    embedding_learning_rate: PositiveFloat = TABLE_RATES["adagrad"]
     # Passes over each day's rows (steps = rows // batch_size x epochs_per_day), for small daily
     # files that one pass under-trains. Later passes are shuffled differently; progressive
     # validation, the day's state and DWA's per-day loss history are unchanged (a day is a day).
@@ -53,4 +62,19 @@ class TrainConfig(Strict):
     # Bytes the embedding tables (and their optimizer slots) may take per worker; by default
     # the worker's cgroup limit or the machine's available memory (see trainer/memory.py).
     memory_budget_bytes: PositiveInt | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _rates_of_the_named_optimizers(cls, raw: object) -> object:
+        """Gives a rate left out the default of the optimizer the config names."""
+        if not isinstance(raw, dict):
+            return raw
+        raw = dict(raw)
+        for optimizer, rate, rates in (("optimizer", "learning_rate", DENSE_RATES),
+                                       ("embedding_optimizer", "embedding_learning_rate",
+                                        TABLE_RATES)):
+            name = raw.get(optimizer)
+            if rate not in raw and isinstance(name, str) and name in rates:
+                raw[rate] = rates[name]
+        return raw
 

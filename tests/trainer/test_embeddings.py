@@ -16,6 +16,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from multitower.config import TrainConfig
+from multitower.config.train import DENSE_RATES
 from multitower.errors import MultitowerError
 from trainer.embeddings import (
     PartitionedEmbedding, PartitionMismatchError, embedding_variables,
@@ -278,6 +279,8 @@ def test_multitask_optimizer_gives_shards_to_the_tables_and_the_rest_to_the_dens
                                       embedding_optimizer="ftrl", embedding_learning_rate=0.2))
     assert (type(made.dense), made.tables.get_config()) == (
         keras.optimizers.SGD, {"name": "ftrl", "learning_rate": 0.2})
+    # no dense rate in the config: SGD's own default rate, not Adam's
+    assert made.dense.learning_rate.numpy() == np.float32(DENSE_RATES["sgd"])
 
 
 def test_compiled_model_fits_and_a_checkpoint_restores_every_slot_and_the_step(tmp_path):
