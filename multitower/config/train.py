@@ -12,7 +12,7 @@ from multitower.config.fields import NonNegativeFloat, PositiveFloat, PositiveIn
 # Adagrad rates come from benchmarks/defaults.py (one pass per day over 10k, 60k and 600k rows a
 # day: within 0.005 AUC of the best of a rate x batch grid on each); the others from its shorter
 # runs with `--optimizer` / `--embedding-optimizer` (README: "Learning rates").
-DENSE_RATES = {"adam": 0.01, "adagrad": 0.1, "sgd": 0.1}
+DENSE_RATES = {"adam": 0.01, "adagrad": 0.3, "sgd": 1.0}
 TABLE_RATES = {"adagrad": 3.0, "ftrl": 3.0, "lazy_adam": 0.01, "sgd": 3.0}
 
 
